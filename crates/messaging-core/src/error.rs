@@ -1,0 +1,243 @@
+//! Errors: the structured error a handler replies with, and one error type per
+//! operation of the client side (request, publish, connect, register).
+//!
+//! A [`ServiceError`] crosses the wire as the two standard headers of the NATS
+//! service protocol (ADR-32), with an empty body:
+//!
+//! ```text
+//! Nats-Service-Error-Code: 404
+//! Nats-Service-Error:      not_found: user 5f0c... does not exist
+//! ```
+//!
+//! The description always starts with a stable machine code followed by `": "`,
+//! so any client can branch on the code and show the message.
+
+use std::fmt;
+
+use async_nats::HeaderMap;
+
+/// The structured error a request handler replies with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ServiceError {
+    /// HTTP-like status: 400 bad input, 404 not found, 409 conflict,
+    /// 500 internal, 503 unavailable or shutting down.
+    pub status: u16,
+    /// Stable machine-readable code, `snake_case` (`not_found`, `insufficient_stock`).
+    pub code: String,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+impl ServiceError {
+    pub fn new(status: u16, code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    /// 400: the request is malformed or invalid.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, "bad_request", message)
+    }
+
+    /// 404 with a specific code (`not_found`, `user_not_found`, ...).
+    pub fn not_found(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(404, code, message)
+    }
+
+    /// 409: the request conflicts with the current state.
+    pub fn conflict(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(409, code, message)
+    }
+
+    /// 500: a bug or an unexpected failure on the serving side.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(500, "internal", message)
+    }
+
+    /// 503: a module this one depends on cannot be reached, or this one is stopping.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(503, "unavailable", message)
+    }
+
+    /// The `Nats-Service-Error` header value: `code: message`.
+    pub fn description(&self) -> String {
+        format!("{}: {}", self.code, self.message)
+    }
+
+    /// Rebuilds the error from the headers of a reply, if they carry one.
+    ///
+    /// Returns `None` when the reply is not an error reply.
+    pub fn from_headers(headers: &HeaderMap) -> Option<Self> {
+        let status = headers.get(async_nats::service::NATS_SERVICE_ERROR_CODE)?;
+        let status: u16 = status.as_str().trim().parse().unwrap_or(500);
+        let description = headers
+            .get(async_nats::service::NATS_SERVICE_ERROR)
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default();
+        // A peer that does not follow our `code: message` convention still
+        // yields a usable error: the whole text becomes the message.
+        let (code, message) = match description.split_once(": ") {
+            Some((code, message)) if is_machine_code(code) => (code.to_owned(), message.to_owned()),
+            _ => ("error".to_owned(), description),
+        };
+        Some(Self {
+            status,
+            code,
+            message,
+        })
+    }
+}
+
+fn is_machine_code(code: &str) -> bool {
+    !code.is_empty()
+        && code
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+impl fmt::Display for ServiceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.status, self.code, self.message)
+    }
+}
+
+impl From<ServiceError> for async_nats::service::error::Error {
+    fn from(err: ServiceError) -> Self {
+        Self {
+            status: err.description(),
+            code: err.status as usize,
+        }
+    }
+}
+
+/// Why a typed request did not produce a reply value.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// Nobody serves the subject (the module is not running).
+    #[error("no module answers {subject}")]
+    NoResponders { subject: &'static str },
+    /// Somebody serves the subject but did not answer in time.
+    #[error("request to {subject} timed out")]
+    Timeout { subject: &'static str },
+    /// The module answered with a structured error.
+    #[error("{subject} replied {error}")]
+    Remote {
+        subject: &'static str,
+        error: ServiceError,
+    },
+    /// The reply did not decode as the contract's reply type.
+    #[error("reply from {subject} is not a valid {expected}: {source}")]
+    Decode {
+        subject: &'static str,
+        expected: &'static str,
+        source: serde_json::Error,
+    },
+    /// The request could not be encoded.
+    #[error("request to {subject} could not be encoded: {source}")]
+    Encode {
+        subject: &'static str,
+        source: serde_json::Error,
+    },
+    /// The connection failed while sending.
+    #[error("request to {subject} failed: {source}")]
+    Transport {
+        subject: &'static str,
+        source: async_nats::RequestError,
+    },
+}
+
+impl RequestError {
+    /// The structured error, when the remote module replied with one.
+    pub fn remote(&self) -> Option<&ServiceError> {
+        match self {
+            RequestError::Remote { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
+/// Why an event could not be published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("event for {subject} could not be encoded: {source}")]
+    Encode {
+        subject: &'static str,
+        source: serde_json::Error,
+    },
+    #[error("publishing on {subject} failed: {source}")]
+    Transport {
+        subject: &'static str,
+        source: async_nats::PublishError,
+    },
+}
+
+/// Why connecting to the broker failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        source: async_nats::ConnectError,
+    },
+}
+
+/// Why a module could not start serving.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error("starting service {name} failed: {source}")]
+    Service {
+        name: String,
+        source: async_nats::Error,
+    },
+    #[error("serving {subject} failed: {source}")]
+    Endpoint {
+        subject: &'static str,
+        source: async_nats::Error,
+    },
+    #[error("subscribing to {subject} failed: {source}")]
+    Subscribe {
+        subject: &'static str,
+        source: async_nats::SubscribeError,
+    },
+}
+
+/// Why draining the connection did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    #[error("draining the NATS connection failed: {0}")]
+    Drain(#[from] async_nats::client::DrainError),
+    #[error("the NATS connection did not close within {0:?} of the drain")]
+    Timeout(std::time::Duration),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_headers() {
+        let err = ServiceError::not_found("user_not_found", "user 42 does not exist");
+        let wire: async_nats::service::error::Error = err.clone().into();
+        let mut headers = HeaderMap::new();
+        headers.insert(async_nats::service::NATS_SERVICE_ERROR, wire.status.as_str());
+        headers.insert(
+            async_nats::service::NATS_SERVICE_ERROR_CODE,
+            wire.code.to_string().as_str(),
+        );
+        assert_eq!(ServiceError::from_headers(&headers), Some(err));
+    }
+
+    #[test]
+    fn foreign_descriptions_keep_their_text() {
+        let mut headers = HeaderMap::new();
+        headers.insert(async_nats::service::NATS_SERVICE_ERROR, "Something Broke: badly");
+        headers.insert(async_nats::service::NATS_SERVICE_ERROR_CODE, "500");
+        let err = ServiceError::from_headers(&headers).unwrap();
+        assert_eq!(err.status, 500);
+        assert_eq!(err.code, "error");
+        assert_eq!(err.message, "Something Broke: badly");
+    }
+}

@@ -1,0 +1,75 @@
+//! Test support: a real broker per test, with a connected [`Bus`].
+//!
+//! ```ignore
+//! let app = messaging_core::testing::spawn_broker().await;
+//! let handle = user::register(app.bus().client().clone()).await?;
+//! let user = app.bus().request(&CreateUser { .. }).await?;
+//! ```
+//!
+//! Each call starts its own `nats-server` (own port, own temporary store).
+//! Dropping the [`TestBroker`] kills the server, so a failing (panicking) test
+//! leaves nothing behind.
+
+use std::time::Duration;
+
+use crate::broker::NatsServer;
+use crate::bus::{Bus, Connection};
+
+/// A running broker and one connection to it.
+pub struct TestBroker {
+    // Field order matters on drop: the connection goes before the server.
+    connection: Option<Connection>,
+    server: NatsServer,
+}
+
+/// Starts a broker and connects to it; panics with the launcher's error,
+/// which says how to install `nats-server` when it is missing.
+pub async fn spawn_broker() -> TestBroker {
+    let server = match NatsServer::start().await {
+        Ok(server) => server,
+        Err(err) => panic!("cannot start nats-server for the test: {err}"),
+    };
+    let connection = Connection::connect(server.url(), "test")
+        .await
+        .expect("connect to the test broker");
+    TestBroker {
+        connection: Some(connection),
+        server,
+    }
+}
+
+impl TestBroker {
+    /// The broker's client URL.
+    pub fn url(&self) -> &str {
+        self.server.url()
+    }
+
+    /// The broker process.
+    pub fn server(&self) -> &NatsServer {
+        &self.server
+    }
+
+    /// The test's connection.
+    pub fn bus(&self) -> &Bus {
+        self.connection.as_ref().expect("connection open").bus()
+    }
+
+    /// Another, independent connection (e.g. to play a second process).
+    pub async fn connect(&self, name: &str) -> Connection {
+        Connection::connect(self.url(), name)
+            .await
+            .expect("connect to the test broker")
+    }
+
+    /// Drains the connection and stops the broker gracefully.
+    pub async fn shutdown(mut self) {
+        if let Some(connection) = self.connection.take() {
+            connection
+                .drain(Duration::from_secs(10))
+                .await
+                .expect("drain the test connection");
+        }
+        let TestBroker { server, .. } = self;
+        server.stop().await.expect("stop the test broker");
+    }
+}
