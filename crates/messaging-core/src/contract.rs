@@ -17,20 +17,31 @@
 //!
 //! ```text
 //! request/reply (answered by the owning module)
-//!   user.create     CreateUser    -> User            user module
-//!   user.get        GetUser       -> User            user module
-//!   product.create  CreateProduct -> Product         product module
-//!   product.get     GetProduct    -> Product         product module
-//!   order.create    PlaceOrder    -> Order           order module (asks user.get, product.get)
-//!   order.get       GetOrder      -> Order           order module
+//!   user.create      CreateUser    -> User           user
+//!   user.get         GetUser       -> User           user
+//!   product.create   CreateProduct -> Product        product
+//!   product.get      GetProduct    -> Product        product
+//!   product.reserve  ReserveStock  -> Reservation    product (atomic: never oversells)
+//!   order.create     PlaceOrder    -> Order          order (asks user.get, product.reserve)
+//!   order.get        GetOrder      -> Order          order
+//!   order.cancel     CancelOrder   -> Order          order (pending orders only)
 //!
-//! events (published by -> listened to by)
+//! events (publisher -> listeners)
 //!   events.user.created           UserCreated       user    -> (observers)
 //!   events.product.created        ProductCreated    product -> (observers)
 //!   events.order.created          OrderCreated      order   -> payment
-//!   events.payment.success        PaymentSucceeded  payment -> product
-//!   events.product.stock.updated  StockUpdated      product -> (observers)
+//!   events.payment.success        PaymentSucceeded  payment -> order   (pending -> paid)
+//!   events.payment.failed         PaymentFailed     payment -> order   (pending -> failed)
+//!   events.order.paid             OrderPaid         order   -> product (commit reservation)
+//!   events.order.failed           OrderFailed       order   -> product (release reservation)
+//!   events.order.cancelled        OrderCancelled    order   -> product (release reservation)
+//!   events.product.stock.updated  StockUpdated      product -> order   (paid -> fulfilled on commit)
+//!   events.order.fulfilled        OrderFulfilled    order   -> (observers)
 //! ```
+//!
+//! The order lifecycle: `pending -> paid -> fulfilled`, or `pending -> failed`
+//! (payment declined) or `pending -> cancelled` (`order.cancel`). A failed or
+//! cancelled order's reservation is released, so its stock is available again.
 
 use std::fmt;
 
@@ -61,14 +72,21 @@ pub mod subjects {
     pub const USER_GET: &str = "user.get";
     pub const PRODUCT_CREATE: &str = "product.create";
     pub const PRODUCT_GET: &str = "product.get";
+    pub const PRODUCT_RESERVE: &str = "product.reserve";
     pub const ORDER_CREATE: &str = "order.create";
     pub const ORDER_GET: &str = "order.get";
+    pub const ORDER_CANCEL: &str = "order.cancel";
 
     pub const USER_CREATED: &str = "events.user.created";
     pub const PRODUCT_CREATED: &str = "events.product.created";
     pub const STOCK_UPDATED: &str = "events.product.stock.updated";
     pub const ORDER_CREATED: &str = "events.order.created";
     pub const PAYMENT_SUCCEEDED: &str = "events.payment.success";
+    pub const PAYMENT_FAILED: &str = "events.payment.failed";
+    pub const ORDER_PAID: &str = "events.order.paid";
+    pub const ORDER_FAILED: &str = "events.order.failed";
+    pub const ORDER_CANCELLED: &str = "events.order.cancelled";
+    pub const ORDER_FULFILLED: &str = "events.order.fulfilled";
 
     /// Every event subject starts with this prefix (`events.>` captures them all).
     pub const EVENTS_PREFIX: &str = "events.";
@@ -226,18 +244,77 @@ pub struct Product {
     pub name: Name,
     /// Items on hand.
     pub stock: u32,
+    /// Items on hand minus those held for pending orders.
+    pub available: u32,
 }
 
-/// An order, as replied by `order.create` / `order.get`.
+/// Where an order is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    /// Stock reserved, waiting for the payment.
+    Pending,
+    /// Paid, stock not yet committed.
+    Paid,
+    /// Paid and its stock committed: done.
+    Fulfilled,
+    /// Payment declined; the reservation was released.
+    Failed,
+    /// Cancelled while pending; the reservation was released.
+    Cancelled,
+}
+
+impl OrderStatus {
+    /// Whether the lifecycle allows going from `self` to `next`.
+    pub fn can_become(self, next: OrderStatus) -> bool {
+        use OrderStatus::*;
+        matches!(
+            (self, next),
+            (Pending, Paid) | (Pending, Failed) | (Pending, Cancelled) | (Paid, Fulfilled)
+        )
+    }
+
+    /// No transition leaves a terminal status.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            OrderStatus::Fulfilled | OrderStatus::Failed | OrderStatus::Cancelled
+        )
+    }
+}
+
+impl fmt::Display for OrderStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = match self {
+            OrderStatus::Pending => "pending",
+            OrderStatus::Paid => "paid",
+            OrderStatus::Fulfilled => "fulfilled",
+            OrderStatus::Failed => "failed",
+            OrderStatus::Cancelled => "cancelled",
+        };
+        f.write_str(text)
+    }
+}
+
+/// An order, as replied by `order.create` / `order.get` / `order.cancel`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Order {
     pub id: OrderId,
     pub user_id: UserId,
     pub product_id: ProductId,
     pub quantity: Quantity,
+    pub status: OrderStatus,
 }
 
-/// A payment taken for an order.
+/// Stock held for one order until it is paid (committed) or not (released).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    pub order_id: OrderId,
+    pub product_id: ProductId,
+    pub quantity: Quantity,
+}
+
+/// A payment attempt for an order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Payment {
     pub id: PaymentId,
@@ -289,7 +366,24 @@ impl Rpc for GetProduct {
     type Reply = Product;
 }
 
-/// `order.create {"user_id","product_id","quantity"}` -> [`Order`].
+/// `product.reserve {"order_id","product_id","quantity"}` -> [`Reservation`].
+///
+/// Holds `quantity` items for the order, atomically: concurrent reservations
+/// never hold more than is on hand. Refused with `404 not_found` or
+/// `409 insufficient_stock`. Idempotent per order: reserving again for the
+/// same order returns the existing reservation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReserveStock {
+    pub order_id: OrderId,
+    pub product_id: ProductId,
+    pub quantity: Quantity,
+}
+impl Rpc for ReserveStock {
+    const SUBJECT: &'static str = subjects::PRODUCT_RESERVE;
+    type Reply = Reservation;
+}
+
+/// `order.create {"user_id","product_id","quantity"}` -> [`Order`] (`pending`).
 ///
 /// Refused with `404 user_not_found`, `404 product_not_found` or
 /// `409 insufficient_stock`.
@@ -311,6 +405,17 @@ pub struct GetOrder {
 }
 impl Rpc for GetOrder {
     const SUBJECT: &'static str = subjects::ORDER_GET;
+    type Reply = Order;
+}
+
+/// `order.cancel {"id"}` -> [`Order`] (`cancelled`); only a pending order can
+/// be cancelled (`409 invalid_transition` otherwise).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelOrder {
+    pub id: OrderId,
+}
+impl Rpc for CancelOrder {
+    const SUBJECT: &'static str = subjects::ORDER_CANCEL;
     type Reply = Order;
 }
 
@@ -337,10 +442,23 @@ impl Event for ProductCreated {
     const SUBJECT: &'static str = subjects::PRODUCT_CREATED;
 }
 
-/// `events.product.stock.updated`: a product's stock changed; carries the new state.
+/// Why a product's stock changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StockChange {
+    /// A paid order's reservation was taken out of the stock on hand.
+    Committed,
+    /// A failed or cancelled order's reservation was given back.
+    Released,
+}
+
+/// `events.product.stock.updated`: a product's stock changed because of an
+/// order; carries the product's new state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StockUpdated {
     pub product: Product,
+    pub order_id: OrderId,
+    pub change: StockChange,
 }
 impl Event for StockUpdated {
     const SUBJECT: &'static str = subjects::STOCK_UPDATED;
@@ -356,16 +474,59 @@ impl Event for OrderCreated {
 }
 
 /// `events.payment.success`: the payment for an order went through.
-///
-/// Carries the paid order so that listeners (the product module) need not
-/// ask the order module for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaymentSucceeded {
     pub payment: Payment,
-    pub order: Order,
 }
 impl Event for PaymentSucceeded {
     const SUBJECT: &'static str = subjects::PAYMENT_SUCCEEDED;
+}
+
+/// `events.payment.failed`: the payment for an order was declined.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentFailed {
+    pub payment: Payment,
+    pub reason: String,
+}
+impl Event for PaymentFailed {
+    const SUBJECT: &'static str = subjects::PAYMENT_FAILED;
+}
+
+/// `events.order.paid`: an order moved `pending -> paid`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderPaid {
+    pub order: Order,
+}
+impl Event for OrderPaid {
+    const SUBJECT: &'static str = subjects::ORDER_PAID;
+}
+
+/// `events.order.fulfilled`: an order moved `paid -> fulfilled` (stock committed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderFulfilled {
+    pub order: Order,
+}
+impl Event for OrderFulfilled {
+    const SUBJECT: &'static str = subjects::ORDER_FULFILLED;
+}
+
+/// `events.order.failed`: an order moved `pending -> failed` (payment declined).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderFailed {
+    pub order: Order,
+    pub reason: String,
+}
+impl Event for OrderFailed {
+    const SUBJECT: &'static str = subjects::ORDER_FAILED;
+}
+
+/// `events.order.cancelled`: an order moved `pending -> cancelled`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCancelled {
+    pub order: Order,
+}
+impl Event for OrderCancelled {
+    const SUBJECT: &'static str = subjects::ORDER_CANCELLED;
 }
 
 #[cfg(test)]
@@ -379,12 +540,14 @@ mod tests {
             user_id: UserId::new(),
             product_id: ProductId::new(),
             quantity: Quantity::new(3).unwrap(),
+            status: OrderStatus::Pending,
         };
         let json = serde_json::to_value(&order).unwrap();
         assert_eq!(json["id"], order.id.0.to_string());
         assert_eq!(json["user_id"], order.user_id.0.to_string());
         assert_eq!(json["product_id"], order.product_id.0.to_string());
         assert_eq!(json["quantity"], 3);
+        assert_eq!(json["status"], "pending");
     }
 
     #[test]
@@ -417,5 +580,28 @@ mod tests {
         let err = serde_json::from_str::<PlaceOrder>(r#"{"user_id":"5f0c6a4e-8a39-4a57-9bd6-0c0a1c1d1e1f"}"#)
             .unwrap_err();
         assert!(err.to_string().contains("missing field `product_id`"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod lifecycle_tests {
+    use super::OrderStatus::*;
+
+    #[test]
+    fn only_the_lifecycle_transitions_are_allowed() {
+        let all = [Pending, Paid, Fulfilled, Failed, Cancelled];
+        let allowed = [
+            (Pending, Paid),
+            (Pending, Failed),
+            (Pending, Cancelled),
+            (Paid, Fulfilled),
+        ];
+        for from in all {
+            for to in all {
+                assert_eq!(from.can_become(to), allowed.contains(&(from, to)), "{from} -> {to}");
+            }
+        }
+        assert!(!Pending.is_terminal() && !Paid.is_terminal());
+        assert!(Fulfilled.is_terminal() && Failed.is_terminal() && Cancelled.is_terminal());
     }
 }

@@ -159,6 +159,27 @@ impl RequestError {
     }
 }
 
+impl From<PublishError> for ServiceError {
+    /// The state change happened but its event is not out: an internal failure.
+    fn from(err: PublishError) -> Self {
+        ServiceError::new(500, "event_not_published", err.to_string())
+    }
+}
+
+impl From<RequestError> for ServiceError {
+    /// The default view of a failed call to another module: unreachable peers
+    /// are `503 unavailable`, anything else is `500 internal`. Handlers map
+    /// the remote errors they expect (such as a 404) explicitly.
+    fn from(err: RequestError) -> Self {
+        match err {
+            RequestError::NoResponders { .. } | RequestError::Timeout { .. } => {
+                ServiceError::unavailable(err.to_string())
+            }
+            other => ServiceError::internal(other.to_string()),
+        }
+    }
+}
+
 /// Why an event could not be published.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {

@@ -1,1 +1,43 @@
-//! order
+//! The order module: owns the orders and drives each one through its
+//! lifecycle (`pending -> paid -> fulfilled`, or `failed` / `cancelled`).
+//!
+//! | subject                        | kind    | what                                              |
+//! |--------------------------------|---------|---------------------------------------------------|
+//! | `order.create`                 | request | check the user, reserve stock, keep a pending order |
+//! | `order.get`                    | request | an order with its status                          |
+//! | `order.cancel`                 | request | cancel a pending order                            |
+//! | `events.payment.success`       | listen  | `pending -> paid`                                 |
+//! | `events.payment.failed`        | listen  | `pending -> failed`                               |
+//! | `events.product.stock.updated` | listen  | `paid -> fulfilled` once the stock is committed   |
+//! | `events.order.*`               | publish | `created`, `paid`, `fulfilled`, `failed`, `cancelled` |
+//!
+//! It asks the user module whether the user exists and the product module to
+//! reserve the stock; **it never reads stock and decides by itself**.
+
+mod handlers;
+mod state;
+
+use std::sync::Arc;
+
+use messaging_core::{Bus, Module, ModuleHandle, ModuleSpec, RegisterError};
+
+pub use state::Orders;
+
+/// How the module announces itself on `$SRV.INFO`.
+pub const SPEC: ModuleSpec = ModuleSpec {
+    name: "order",
+    version: env!("CARGO_PKG_VERSION"),
+    description: "Orders: placement and lifecycle",
+};
+
+/// Starts serving the order module on `client`.
+pub async fn register(client: async_nats::Client) -> Result<ModuleHandle, RegisterError> {
+    let mut module = Module::start(Bus::new(client), SPEC, Arc::new(Orders::default())).await?;
+    module.serve(handlers::place_order).await?;
+    module.serve(handlers::get_order).await?;
+    module.serve(handlers::cancel_order).await?;
+    module.on_event(handlers::payment_succeeded).await?;
+    module.on_event(handlers::payment_failed).await?;
+    module.on_event(handlers::stock_updated).await?;
+    Ok(module.running())
+}

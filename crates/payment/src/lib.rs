@@ -1,1 +1,41 @@
-//! payment
+//! The payment module: takes the payment for each new order.
+//!
+//! | subject                  | kind    | what                                   |
+//! |--------------------------|---------|----------------------------------------|
+//! | `events.order.created`   | listen  | take the payment (after a delay)       |
+//! | `events.payment.success` | publish | the payment went through               |
+//! | `events.payment.failed`  | publish | the payment was declined, with a reason |
+//!
+//! The payment is simulated: it takes [`PaymentConfig::delay`] (1 s by default,
+//! like the seed) without blocking other payments, and is declined when the
+//! order is over [`PaymentConfig::limit`] or by chance
+//! ([`PaymentConfig::failure_rate`], reproducible with [`PaymentConfig::seed`]).
+
+mod config;
+mod handlers;
+mod state;
+
+use std::sync::Arc;
+
+use messaging_core::{Bus, Module, ModuleHandle, ModuleSpec, RegisterError};
+
+pub use config::{ConfigError, PaymentConfig};
+pub use state::Payments;
+
+/// How the module announces itself on `$SRV.INFO`.
+pub const SPEC: ModuleSpec = ModuleSpec {
+    name: "payment",
+    version: env!("CARGO_PKG_VERSION"),
+    description: "Payments: simulated card payments for new orders",
+};
+
+/// Starts serving the payment module on `client`.
+pub async fn register(
+    client: async_nats::Client,
+    config: PaymentConfig,
+) -> Result<ModuleHandle, RegisterError> {
+    let payments = Arc::new(Payments::new(config));
+    let mut module = Module::start(Bus::new(client), SPEC, payments).await?;
+    module.on_event(handlers::order_created).await?;
+    Ok(module.running())
+}
