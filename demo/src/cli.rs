@@ -1,0 +1,71 @@
+//! The demo's command line.
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// The event-driven modular monolith on NATS: four modules, one bus.
+#[derive(Debug, Parser)]
+#[command(name = "demo", version)]
+pub struct Cli {
+    /// Use this NATS server instead of launching a child nats-server.
+    #[arg(long, env = "NATS_URL", global = true)]
+    pub nats_url: Option<String>,
+
+    /// How long each simulated payment takes (`0`, `200ms`, `1s`).
+    #[arg(long, default_value = "1s", value_parser = parse_duration, global = true)]
+    pub payment_delay: Duration,
+
+    /// Chance that a payment is declined, from 0 to 1.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate, global = true)]
+    pub payment_failure_rate: f64,
+
+    /// Seed for the payment declines, for a reproducible sequence.
+    #[arg(long, global = true)]
+    pub seed: Option<u64>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the scenario, then shut down (the default).
+    Run,
+    /// Keep the modules running for other clients until interrupted.
+    Serve,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    if text.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(text).map_err(|err| format!("{err} (examples: 0, 200ms, 1s)"))
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number"))?;
+    if (0.0..=1.0).contains(&rate) {
+        Ok(rate)
+    } else {
+        Err(format!("{rate} is not between 0 and 1"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_rates_parse_like_people_write_them() {
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("200ms"), Ok(Duration::from_millis(200)));
+        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_rate("0.25"), Ok(0.25));
+        assert!(parse_rate("1.5").is_err());
+        assert!(parse_rate("x").is_err());
+    }
+}
