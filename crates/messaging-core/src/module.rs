@@ -21,6 +21,12 @@
 //!   bounded by a semaphore), so one slow handler never stalls a subject;
 //! * shutdown: stop intake, let the delivered messages and in-flight handlers
 //!   finish, flush what they published.
+//!
+//! One window remains, and it belongs to core NATS: a request or event that
+//! the server routes to us at the very moment it processes our unsubscribe
+//! is dropped by the client (async-nats removes a subscription without
+//! waiting for the server to confirm). A requester then sees a timeout, the
+//! one case where it does; events in that window are lost (at-most-once).
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;

@@ -14,6 +14,18 @@ use std::time::Duration;
 
 use crate::broker::NatsServer;
 use crate::bus::{Bus, Connection};
+use crate::error::{RequestError, ServiceError};
+
+/// The structured error of a request that was expected to be refused.
+///
+/// Panics (failing the test) on success or on any other kind of failure,
+/// such as a timeout: every refusal must be an explicit error reply.
+pub fn expect_refusal<T: std::fmt::Debug>(result: Result<T, RequestError>) -> ServiceError {
+    match result {
+        Err(RequestError::Remote { error, .. }) => error,
+        other => panic!("expected a structured error reply, got {other:?}"),
+    }
+}
 
 /// A running broker and one connection to it.
 pub struct TestBroker {
@@ -59,6 +71,22 @@ impl TestBroker {
         Connection::connect(self.url(), name)
             .await
             .expect("connect to the test broker")
+    }
+
+    /// Sends raw bytes to `subject` (to test what malformed input gets back):
+    /// the reply body, or the structured error the service replied.
+    pub async fn request_raw(&self, subject: &str, payload: &str) -> Result<bytes::Bytes, ServiceError> {
+        let reply = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.bus().client().request(subject.to_owned(), payload.to_owned().into()),
+        )
+        .await
+        .expect("a reply within 10 s: every request must get one")
+        .expect("the request reaches a responder");
+        match reply.headers.as_ref().and_then(ServiceError::from_headers) {
+            Some(error) => Err(error),
+            None => Ok(reply.payload),
+        }
     }
 
     /// Drains the connection and stops the broker gracefully.
