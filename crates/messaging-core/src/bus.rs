@@ -99,17 +99,25 @@ impl Bus {
             event_id: Uuid::new_v4(),
             correlation_id,
         };
+        self.publish_as(event, meta).await?;
+        Ok(meta)
+    }
+
+    /// Publishes an event under a given identity: re-publishing the same
+    /// event (same `event_id`) is how a retry or a redelivery looks, and what
+    /// idempotent handlers must absorb.
+    pub async fn publish_as<E: Event>(&self, event: &E, meta: EventMeta) -> Result<(), PublishError> {
         let subject = E::SUBJECT;
         let payload = serde_json::to_vec(&Outgoing { meta, event })
             .map_err(|source| PublishError::Encode { subject, source })?;
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", meta.event_id.to_string().as_str());
-        headers.insert(CORRELATION_ID, correlation_id.to_string().as_str());
+        headers.insert(CORRELATION_ID, meta.correlation_id.to_string().as_str());
         self.client
             .publish_with_headers(subject, headers, payload.into())
             .await
             .map_err(|source| PublishError::Transport { subject, source })?;
-        Ok(meta)
+        Ok(())
     }
 
     /// Watches an event subject (every watcher gets every event; no queue group).

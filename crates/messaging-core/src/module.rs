@@ -36,7 +36,7 @@ use std::sync::Arc;
 use async_nats::service::{Service, ServiceExt};
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
@@ -110,6 +110,8 @@ struct HandlerStats {
     peak_in_flight: AtomicUsize,
     completed: AtomicU64,
     failed: AtomicU64,
+    /// Woken after every completed message, for [`ModuleHandle::handled`].
+    changed: Notify,
 }
 
 impl HandlerStats {
@@ -135,10 +137,11 @@ struct InFlight(Arc<HandlerStats>);
 
 impl InFlight {
     fn finish(&self, ok: bool) {
-        self.0.completed.fetch_add(1, Ordering::SeqCst);
         if !ok {
             self.0.failed.fetch_add(1, Ordering::SeqCst);
         }
+        self.0.completed.fetch_add(1, Ordering::SeqCst);
+        self.0.changed.notify_waiters();
     }
 }
 
@@ -425,6 +428,14 @@ fn decode<R: Rpc>(payload: &[u8]) -> Result<R, ServiceError> {
             R::SUBJECT
         )));
     }
+    // serde would also accept a struct written as an array (`["Ada"]`); the
+    // contract is JSON objects with named fields, nothing positional.
+    if payload.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ServiceError::bad_request(format!(
+            "invalid {} request: expected a JSON object",
+            R::SUBJECT
+        )));
+    }
     serde_json::from_slice(payload).map_err(|err| {
         ServiceError::bad_request(format!("invalid {} request: {err}", R::SUBJECT))
     })
@@ -452,6 +463,33 @@ impl ModuleHandle {
             .iter()
             .find(|(s, _)| *s == subject)
             .map(|(s, stats)| stats.snapshot(s))
+    }
+
+    /// Waits until the handler for `subject` has completed at least `count`
+    /// messages (successfully or not), at most `timeout`.
+    ///
+    /// Lets a caller know that a message was *handled*, including a duplicate
+    /// that, by design, has no visible effect.
+    pub async fn handled(
+        &self,
+        subject: &str,
+        count: u64,
+        timeout: std::time::Duration,
+    ) -> Option<HandlerSnapshot> {
+        let (subject, stats) = self.handlers.iter().find(|(s, _)| *s == subject)?;
+        let wait = async {
+            loop {
+                let changed = stats.changed.notified();
+                tokio::pin!(changed);
+                // Register before checking, so no completion slips between.
+                changed.as_mut().enable();
+                if stats.completed.load(Ordering::SeqCst) >= count {
+                    return stats.snapshot(subject);
+                }
+                changed.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.ok()
     }
 
     /// The counters of every handler of this module.

@@ -160,6 +160,8 @@ async fn malformed_payloads_get_a_bad_request_naming_the_problem() {
 
     let cases = [
         ("{not json", "key must be a string"),
+        ("not json", "expected a JSON object"),
+        (r#"["positional"]"#, "expected a JSON object"),
         ("", "empty payload"),
         (r#"{"text": 42}"#, "invalid type: integer `42`, expected a string"),
         (r#"{"other": "x"}"#, "missing field `text`"),
