@@ -42,7 +42,10 @@ impl App {
                 let server = NatsServer::start_with(config)
                     .await
                     .context("cannot start nats-server")?;
-                tracing::info!(url = server.url(), version = %server.version(), "nats server started");
+                tracing::info!(
+                    url = server.url(), version = %server.version(), pid = server.pid(),
+                    "nats server started"
+                );
                 let url = server.url().to_owned();
                 (Some(server), url)
             }

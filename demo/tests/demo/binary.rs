@@ -1,0 +1,223 @@
+//! The `demo` binary, run as a user runs it: exit status, the log lines,
+//! graceful shutdown on signals, clear errors, and no broker left behind.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use messaging_core::broker::NatsServer;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The seed's five steps, as the demo logs them.
+const STEPS: [&str; 5] = [
+    "user created",
+    "product added",
+    "order placed",
+    "payment successful",
+    "product stock updated",
+];
+
+fn demo(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_demo"));
+    command
+        .args(args)
+        .env_remove("NATS_URL")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+async fn finish(child: Child) -> (std::process::ExitStatus, String) {
+    let output = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("demo exits in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status, text)
+}
+
+/// The broker pid the demo logged (`pid=1234`).
+fn broker_pid(output: &str) -> u32 {
+    let line = output
+        .lines()
+        .find(|l| l.contains("nats server started"))
+        .unwrap_or_else(|| panic!("no broker start line in:\n{output}"));
+    let pid = line.split("pid=").nth(1).expect("pid field");
+    pid.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+fn assert_clean(output: &str) {
+    for line in output.lines() {
+        assert!(
+            !line.contains(" ERROR ") && !line.contains(" WARN "),
+            "unexpected line: {line}\n{output}"
+        );
+    }
+    assert!(!output.contains("connection closed"), "{output}");
+    assert!(output.contains("shut down cleanly"), "{output}");
+}
+
+fn assert_gone(pid: u32) {
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "nats-server {pid} is still there"
+    );
+}
+
+#[tokio::test]
+async fn the_demo_runs_the_scenario_and_exits_cleanly() {
+    let child = demo(&["--payment-delay", "0"]).spawn().unwrap();
+    let (status, output) = finish(child).await;
+    assert!(status.success(), "{status}\n{output}");
+    let mut last = 0;
+    for step in STEPS {
+        let at = output
+            .find(step)
+            .unwrap_or_else(|| panic!("missing step {step:?}:\n{output}"));
+        assert!(at >= last, "step {step:?} out of order:\n{output}");
+        last = at;
+    }
+    assert!(output.contains("stock=90"), "{output}");
+    assert!(output.contains("payment declined"), "{output}");
+    assert!(output.contains("reservation released"), "{output}");
+    assert!(output.contains("insufficient_stock"), "{output}");
+    assert_clean(&output);
+    assert_gone(broker_pid(&output));
+}
+
+/// A `demo` process whose stdout is being read.
+struct Running {
+    child: Child,
+    pid: u32,
+    seen: String,
+    rest: tokio::task::JoinHandle<String>,
+}
+
+/// Starts `demo` with `args` and returns once it printed a line containing
+/// `marker`.
+async fn start_until(args: &[&str], marker: &str) -> Running {
+    let mut child = demo(args).spawn().unwrap();
+    let pid = child.id().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = String::new();
+    let found = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains(marker) {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .expect("marker in time");
+    assert!(found, "demo ended before {marker:?}:\n{seen}");
+    let rest = tokio::spawn(async move {
+        let mut rest = String::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            rest.push_str(&line);
+            rest.push('\n');
+        }
+        rest
+    });
+    Running {
+        child,
+        pid,
+        seen,
+        rest,
+    }
+}
+
+impl Running {
+    fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid as i32), signal).unwrap();
+    }
+
+    async fn finish(self) -> (std::process::ExitStatus, String) {
+        let (status, stderr) = finish(self.child).await;
+        let rest = self.rest.await.unwrap();
+        (status, self.seen + &rest + &stderr)
+    }
+}
+
+#[tokio::test]
+async fn serve_keeps_the_modules_up_until_sigterm_then_stops_cleanly() {
+    let running = start_until(&["serve", "--payment-delay", "0"], "serving on").await;
+    let url = running
+        .seen
+        .lines()
+        .find_map(|l| l.strip_prefix("serving on "))
+        .expect("the URL to connect to")
+        .to_owned();
+
+    // Another client uses the modules.
+    let client = messaging_core::Connection::connect(&url, "outsider").await.unwrap();
+    let name = messaging_core::contract::Name::parse("Grace").unwrap();
+    let user = client
+        .bus()
+        .request(&messaging_core::contract::CreateUser { name })
+        .await
+        .unwrap();
+    assert_eq!(user.name.as_str(), "Grace");
+    client.drain(WAIT).await.unwrap();
+
+    running.signal(Signal::SIGTERM);
+    let (status, output) = running.finish().await;
+    assert!(status.success(), "{status}\n{output}");
+    assert_clean(&output);
+    assert_gone(broker_pid(&output));
+}
+
+#[tokio::test]
+async fn ctrl_c_in_the_middle_of_the_scenario_shuts_down_gracefully() {
+    // Interrupted while the first payment (2 s) is in flight.
+    let running = start_until(&["--payment-delay", "2s"], "order placed").await;
+    running.signal(Signal::SIGINT);
+    let (status, output) = running.finish().await;
+    assert!(status.success(), "{status}\n{output}");
+    assert!(output.contains("interrupted"), "{output}");
+    assert_clean(&output);
+    assert_gone(broker_pid(&output));
+}
+
+#[tokio::test]
+async fn an_existing_server_can_be_used_with_nats_url() {
+    let server = NatsServer::start().await.unwrap();
+    let child = demo(&["--nats-url", server.url(), "--payment-delay", "0"])
+        .spawn()
+        .unwrap();
+    let (status, output) = finish(child).await;
+    assert!(status.success(), "{status}\n{output}");
+    assert!(!output.contains("nats server started"), "no broker of its own:\n{output}");
+    for step in STEPS {
+        assert!(output.contains(step), "missing {step:?}:\n{output}");
+    }
+    assert_clean(&output);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_flags_and_unreachable_servers_are_one_clear_error() {
+    let cases: [(&[&str], &str); 3] = [
+        (&["--payment-delay", "soon"], "invalid value 'soon'"),
+        (&["--payment-failure-rate", "2"], "not between 0 and 1"),
+        (&["--nats-url", "nats://127.0.0.1:1"], "error: cannot connect to NATS at nats://127.0.0.1:1"),
+    ];
+    for (args, expected) in cases {
+        let child = demo(args).spawn().unwrap();
+        let (status, output) = finish(child).await;
+        assert!(!status.success(), "{args:?} must fail:\n{output}");
+        assert!(output.contains(expected), "{args:?}:\n{output}");
+        assert!(!output.contains("panicked"), "{args:?}:\n{output}");
+    }
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests of the whole system, against real nats-servers:
+//! the flow in one process, the saga's guarantees under concurrency, and the
+//! `demo` binary as a user runs it.
+
+mod binary;
+mod flow;
+mod saga;
+mod support;

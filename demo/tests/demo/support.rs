@@ -1,0 +1,93 @@
+//! `spawn_system()`: a broker with the modules registered, and helpers to
+//! drive and observe them.
+
+use std::time::Duration;
+
+use messaging_core::contract::{
+    CreateProduct, CreateUser, GetOrder, GetProduct, Name, Order, OrderId, PlaceOrder, Product,
+    Quantity, User,
+};
+use messaging_core::testing::{spawn_broker, TestBroker};
+use messaging_core::{shutdown_all, Bus, ModuleHandle, RequestError};
+use payment::PaymentConfig;
+
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub struct System {
+    pub broker: TestBroker,
+    pub modules: Vec<ModuleHandle>,
+}
+
+/// Starts a broker with user, product and order, and the payment module if
+/// `payment` is given (without it, the test plays the payment module).
+pub async fn spawn_system(payment: Option<PaymentConfig>) -> System {
+    let broker = spawn_broker().await;
+    let client = broker.bus().client().clone();
+    let mut modules = vec![
+        user::register(client.clone()).await.unwrap(),
+        product::register(client.clone()).await.unwrap(),
+        order::register(client.clone()).await.unwrap(),
+    ];
+    if let Some(config) = payment {
+        modules.push(payment::register(client, config).await.unwrap());
+    }
+    System { broker, modules }
+}
+
+/// Instant payments that always succeed.
+pub fn instant_payments() -> PaymentConfig {
+    PaymentConfig {
+        delay: Duration::ZERO,
+        ..PaymentConfig::default()
+    }
+}
+
+pub fn q(n: u32) -> Quantity {
+    Quantity::new(n).unwrap()
+}
+
+impl System {
+    pub fn bus(&self) -> &Bus {
+        self.broker.bus()
+    }
+
+    pub fn module(&self, name: &str) -> &ModuleHandle {
+        self.modules.iter().find(|m| m.name() == name).unwrap()
+    }
+
+    pub async fn user(&self) -> User {
+        let name = Name::parse("John Doe").unwrap();
+        self.bus().request(&CreateUser { name }).await.unwrap()
+    }
+
+    pub async fn product(&self, stock: u32) -> Product {
+        let name = Name::parse("Widget").unwrap();
+        self.bus()
+            .request(&CreateProduct { name, stock: q(stock) })
+            .await
+            .unwrap()
+    }
+
+    pub async fn place(&self, user: &User, product: &Product, n: u32) -> Result<Order, RequestError> {
+        self.bus()
+            .request(&PlaceOrder {
+                user_id: user.id,
+                product_id: product.id,
+                quantity: q(n),
+            })
+            .await
+    }
+
+    pub async fn get_product(&self, product: &Product) -> Product {
+        self.bus().request(&GetProduct { id: product.id }).await.unwrap()
+    }
+
+    pub async fn get_order(&self, id: OrderId) -> Order {
+        self.bus().request(&GetOrder { id }).await.unwrap()
+    }
+
+    pub async fn shutdown(self) {
+        shutdown_all(self.modules).await;
+        self.broker.shutdown().await;
+    }
+}
