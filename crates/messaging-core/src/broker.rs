@@ -108,12 +108,10 @@ impl Default for BrokerConfig {
     }
 }
 
-/// Where `cargo xtask setup` installs the pinned server, relative to the workspace.
+/// Where `cargo xtask setup` installs the pinned server: `<workspace>/target/nats-server`
+/// (always there, whatever `CARGO_TARGET_DIR` says, like xtask).
 pub fn cache_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    target.join("nats-server")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/nats-server")
 }
 
 /// Finds `nats-server`: `NATS_SERVER_BIN`, then `PATH`, then the xtask cache.

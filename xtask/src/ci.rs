@@ -1,0 +1,80 @@
+//! `cargo xtask ci`: every check CI runs, in order, stopping at the first
+//! failure. `.ci/run` calls exactly this, so a green local run means a green CI.
+
+use anyhow::{bail, Context, Result};
+
+use crate::{arch, cargo, nats};
+
+/// One cargo invocation of the CI sequence.
+struct Step {
+    args: &'static [&'static str],
+    env: &'static [(&'static str, &'static str)],
+}
+
+/// The cargo steps after the architecture check. Cheap checks come first so a
+/// formatting slip fails in seconds, not after a full test build.
+const CARGO_STEPS: &[Step] = &[
+    Step {
+        args: &["fmt", "--all", "--", "--check"],
+        env: &[],
+    },
+    Step {
+        args: &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        env: &[],
+    },
+    Step {
+        args: &["test", "--workspace"],
+        env: &[],
+    },
+    // Broken intra-doc links and the like are bugs too.
+    Step {
+        args: &["doc", "--workspace", "--no-deps"],
+        env: &[("RUSTDOCFLAGS", "-D warnings")],
+    },
+];
+
+pub fn run() -> Result<()> {
+    announce("nats-server setup");
+    let server = nats::setup().context("xtask ci: step `nats-server setup` failed")?;
+    println!(
+        "nats-server v{} at {} ({})",
+        server.version,
+        server.path.display(),
+        server.origin
+    );
+    // Every cargo command below gets NATS_SERVER_BIN, so the tests use the
+    // server just checked rather than searching again on their own.
+    let cargo = cargo::Cargo::with_nats(&server.path);
+
+    announce("architecture check");
+    arch::run(&cargo).context("xtask ci: step `architecture check` failed")?;
+
+    for Step { args, env } in CARGO_STEPS {
+        let mut command = cargo.command(args);
+        command.envs(env.iter().copied());
+        let step = env
+            .iter()
+            .map(|(key, value)| format!("{key}='{value}' "))
+            .collect::<String>()
+            + &cargo::describe(&command);
+        announce(&step);
+        let status = cargo::run(&mut command)?;
+        if !status.success() {
+            bail!("xtask ci: step `{step}` failed ({status})");
+        }
+    }
+
+    println!("==> xtask ci: all checks passed");
+    Ok(())
+}
+
+fn announce(step: &str) {
+    println!("==> xtask ci: {step}");
+}
