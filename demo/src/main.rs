@@ -62,7 +62,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             () = &mut interrupted => Ok(()),
         },
         Command::Serve => {
-            tracing::info!(url = app.url(), "modules serving; connect to this URL (Ctrl-C to stop)");
+            tracing::info!(
+                url = app.url(),
+                "modules serving; connect to this URL (Ctrl-C to stop)"
+            );
             println!("serving on {}", app.url());
             interrupted.await;
             Ok(())

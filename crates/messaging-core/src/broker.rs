@@ -121,7 +121,10 @@ pub fn find_binary() -> Result<PathBuf, BrokerError> {
         return if path.is_file() {
             Ok(path)
         } else {
-            Err(not_found(&format!("{BINARY_ENV}={} is not a file", path.display())))
+            Err(not_found(&format!(
+                "{BINARY_ENV}={} is not a file",
+                path.display()
+            )))
         };
     }
     let on_path = std::env::var_os("PATH")

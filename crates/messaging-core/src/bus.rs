@@ -65,15 +65,17 @@ impl Bus {
             .payload(Bytes::from(payload))
             .headers(headers)
             .timeout(Some(self.request_timeout));
-        let reply = self
-            .client
-            .send_request(subject, outgoing)
-            .await
-            .map_err(|source| match source.kind() {
-                async_nats::RequestErrorKind::NoResponders => RequestError::NoResponders { subject },
-                async_nats::RequestErrorKind::TimedOut => RequestError::Timeout { subject },
-                _ => RequestError::Transport { subject, source },
-            })?;
+        let reply =
+            self.client
+                .send_request(subject, outgoing)
+                .await
+                .map_err(|source| match source.kind() {
+                    async_nats::RequestErrorKind::NoResponders => {
+                        RequestError::NoResponders { subject }
+                    }
+                    async_nats::RequestErrorKind::TimedOut => RequestError::Timeout { subject },
+                    _ => RequestError::Transport { subject, source },
+                })?;
         // Service errors travel as headers with an empty body (ADR-32).
         if let Some(error) = reply.headers.as_ref().and_then(ServiceError::from_headers) {
             return Err(RequestError::Remote { subject, error });
@@ -106,7 +108,11 @@ impl Bus {
     /// Publishes an event under a given identity: re-publishing the same
     /// event (same `event_id`) is how a retry or a redelivery looks, and what
     /// idempotent handlers must absorb.
-    pub async fn publish_as<E: Event>(&self, event: &E, meta: EventMeta) -> Result<(), PublishError> {
+    pub async fn publish_as<E: Event>(
+        &self,
+        event: &E,
+        meta: EventMeta,
+    ) -> Result<(), PublishError> {
         let subject = E::SUBJECT;
         let payload = serde_json::to_vec(&Outgoing { meta, event })
             .map_err(|source| PublishError::Encode { subject, source })?;
@@ -198,7 +204,10 @@ fn log_event(event: async_nats::Event, closed: &watch::Sender<bool>) {
         }
         // A full subscription channel drops messages: never silent.
         SlowConsumer(sid) => {
-            tracing::warn!(sid, "slow consumer: messages were dropped for a subscription")
+            tracing::warn!(
+                sid,
+                "slow consumer: messages were dropped for a subscription"
+            )
         }
         Disconnected => tracing::warn!("disconnected from nats"),
         Connected => tracing::debug!("connected to nats"),

@@ -577,9 +577,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(req.id.0.to_string(), "5f0c6a4e-8a39-4a57-9bd6-0c0a1c1d1e1f");
-        let err = serde_json::from_str::<PlaceOrder>(r#"{"user_id":"5f0c6a4e-8a39-4a57-9bd6-0c0a1c1d1e1f"}"#)
-            .unwrap_err();
-        assert!(err.to_string().contains("missing field `product_id`"), "{err}");
+        let err = serde_json::from_str::<PlaceOrder>(
+            r#"{"user_id":"5f0c6a4e-8a39-4a57-9bd6-0c0a1c1d1e1f"}"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("missing field `product_id`"),
+            "{err}"
+        );
     }
 }
 
@@ -598,7 +603,11 @@ mod lifecycle_tests {
         ];
         for from in all {
             for to in all {
-                assert_eq!(from.can_become(to), allowed.contains(&(from, to)), "{from} -> {to}");
+                assert_eq!(
+                    from.can_become(to),
+                    allowed.contains(&(from, to)),
+                    "{from} -> {to}"
+                );
             }
         }
         assert!(!Pending.is_terminal() && !Paid.is_terminal());

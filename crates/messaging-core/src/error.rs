@@ -243,7 +243,10 @@ mod tests {
         let err = ServiceError::not_found("user_not_found", "user 42 does not exist");
         let wire: async_nats::service::error::Error = err.clone().into();
         let mut headers = HeaderMap::new();
-        headers.insert(async_nats::service::NATS_SERVICE_ERROR, wire.status.as_str());
+        headers.insert(
+            async_nats::service::NATS_SERVICE_ERROR,
+            wire.status.as_str(),
+        );
         headers.insert(
             async_nats::service::NATS_SERVICE_ERROR_CODE,
             wire.code.to_string().as_str(),
@@ -254,7 +257,10 @@ mod tests {
     #[test]
     fn foreign_descriptions_keep_their_text() {
         let mut headers = HeaderMap::new();
-        headers.insert(async_nats::service::NATS_SERVICE_ERROR, "Something Broke: badly");
+        headers.insert(
+            async_nats::service::NATS_SERVICE_ERROR,
+            "Something Broke: badly",
+        );
         headers.insert(async_nats::service::NATS_SERVICE_ERROR_CODE, "500");
         let err = ServiceError::from_headers(&headers).unwrap();
         assert_eq!(err.status, 500);

@@ -25,6 +25,5 @@ pub use error::{
 };
 pub use events::{Delivered, EventMeta, EventStream, WatchError};
 pub use module::{
-    shutdown_all, Context, HandlerSnapshot, Module, ModuleHandle, ModuleSpec,
-    DEFAULT_MAX_IN_FLIGHT,
+    shutdown_all, Context, HandlerSnapshot, Module, ModuleHandle, ModuleSpec, DEFAULT_MAX_IN_FLIGHT,
 };

@@ -248,7 +248,11 @@ impl<S: Send + Sync + 'static> Module<S> {
                     }
                 };
                 let Some(request) = request else { break };
-                let permit = limit.clone().acquire_owned().await.expect("semaphore never closed");
+                let permit = limit
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("semaphore never closed");
                 let in_flight = stats.enter();
                 let (state, bus, handler) = (state.clone(), bus.clone(), handler.clone());
                 tracker.spawn(async move {
@@ -313,7 +317,11 @@ impl<S: Send + Sync + 'static> Module<S> {
                         continue;
                     }
                 };
-                let permit = limit.clone().acquire_owned().await.expect("semaphore never closed");
+                let permit = limit
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("semaphore never closed");
                 let in_flight = stats.enter();
                 let (state, bus, handler) = (state.clone(), bus.clone(), handler.clone());
                 tracker.spawn(async move {
@@ -436,9 +444,8 @@ fn decode<R: Rpc>(payload: &[u8]) -> Result<R, ServiceError> {
             R::SUBJECT
         )));
     }
-    serde_json::from_slice(payload).map_err(|err| {
-        ServiceError::bad_request(format!("invalid {} request: {err}", R::SUBJECT))
-    })
+    serde_json::from_slice(payload)
+        .map_err(|err| ServiceError::bad_request(format!("invalid {} request: {err}", R::SUBJECT)))
 }
 
 /// A running module. Dropping it stops intake; [`ModuleHandle::shutdown`]
@@ -494,7 +501,10 @@ impl ModuleHandle {
 
     /// The counters of every handler of this module.
     pub fn all_stats(&self) -> Vec<HandlerSnapshot> {
-        self.handlers.iter().map(|(s, stats)| stats.snapshot(s)).collect()
+        self.handlers
+            .iter()
+            .map(|(s, stats)| stats.snapshot(s))
+            .collect()
     }
 
     /// Stops taking new requests and events; work in flight goes on.

@@ -75,10 +75,16 @@ impl TestBroker {
 
     /// Sends raw bytes to `subject` (to test what malformed input gets back):
     /// the reply body, or the structured error the service replied.
-    pub async fn request_raw(&self, subject: &str, payload: &str) -> Result<bytes::Bytes, ServiceError> {
+    pub async fn request_raw(
+        &self,
+        subject: &str,
+        payload: &str,
+    ) -> Result<bytes::Bytes, ServiceError> {
         let reply = tokio::time::timeout(
             Duration::from_secs(10),
-            self.bus().client().request(subject.to_owned(), payload.to_owned().into()),
+            self.bus()
+                .client()
+                .request(subject.to_owned(), payload.to_owned().into()),
         )
         .await
         .expect("a reply within 10 s: every request must get one")

@@ -91,7 +91,10 @@ pub async fn payment_succeeded(
     event: PaymentSucceeded,
 ) -> Result<(), ServiceError> {
     let order_id = event.payment.order_id;
-    advance(&orders, &ctx, order_id, OrderStatus::Paid, |order| OrderPaid { order }).await?;
+    advance(&orders, &ctx, order_id, OrderStatus::Paid, |order| {
+        OrderPaid { order }
+    })
+    .await?;
     Ok(())
 }
 
@@ -104,8 +107,10 @@ pub async fn payment_failed(
 ) -> Result<(), ServiceError> {
     let order_id = event.payment.order_id;
     let reason = event.reason;
-    advance(&orders, &ctx, order_id, OrderStatus::Failed, |order| OrderFailed { order, reason })
-        .await?;
+    advance(&orders, &ctx, order_id, OrderStatus::Failed, |order| {
+        OrderFailed { order, reason }
+    })
+    .await?;
     Ok(())
 }
 
@@ -118,9 +123,13 @@ pub async fn stock_updated(
     if event.change != StockChange::Committed {
         return Ok(());
     }
-    advance(&orders, &ctx, event.order_id, OrderStatus::Fulfilled, |order| {
-        OrderFulfilled { order }
-    })
+    advance(
+        &orders,
+        &ctx,
+        event.order_id,
+        OrderStatus::Fulfilled,
+        |order| OrderFulfilled { order },
+    )
     .await?;
     Ok(())
 }

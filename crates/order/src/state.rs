@@ -82,14 +82,27 @@ mod tests {
             status: OrderStatus::Pending,
         };
         orders.insert(order.clone());
-        assert!(matches!(orders.transition(order.id, OrderStatus::Paid), Ok(Transition::Applied(o)) if o.status == OrderStatus::Paid));
-        assert!(matches!(orders.transition(order.id, OrderStatus::Paid), Ok(Transition::AlreadyDone(_))));
+        assert!(
+            matches!(orders.transition(order.id, OrderStatus::Paid), Ok(Transition::Applied(o)) if o.status == OrderStatus::Paid)
+        );
+        assert!(matches!(
+            orders.transition(order.id, OrderStatus::Paid),
+            Ok(Transition::AlreadyDone(_))
+        ));
         assert_eq!(
             orders.transition(order.id, OrderStatus::Cancelled),
-            Err(TransitionError::Illegal { from: OrderStatus::Paid })
+            Err(TransitionError::Illegal {
+                from: OrderStatus::Paid
+            })
         );
-        assert!(matches!(orders.transition(order.id, OrderStatus::Fulfilled), Ok(Transition::Applied(_))));
-        assert!(matches!(orders.transition(order.id, OrderStatus::Paid), Ok(Transition::AlreadyDone(_))));
+        assert!(matches!(
+            orders.transition(order.id, OrderStatus::Fulfilled),
+            Ok(Transition::Applied(_))
+        ));
+        assert!(matches!(
+            orders.transition(order.id, OrderStatus::Paid),
+            Ok(Transition::AlreadyDone(_))
+        ));
         assert_eq!(
             orders.transition(OrderId::new(), OrderStatus::Paid),
             Err(TransitionError::UnknownOrder)

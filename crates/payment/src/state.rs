@@ -77,13 +77,22 @@ impl Payments {
 
     /// Records the outcome of a claimed payment.
     pub fn record(&self, order_id: OrderId, outcome: Outcome) {
-        if let Some(entry) = self.by_order.lock().expect("payments lock").get_mut(&order_id) {
+        if let Some(entry) = self
+            .by_order
+            .lock()
+            .expect("payments lock")
+            .get_mut(&order_id)
+        {
             entry.1 = outcome;
         }
     }
 
     /// The payment of an order and its outcome, if any.
     pub fn get(&self, order_id: OrderId) -> Option<(Payment, Outcome)> {
-        self.by_order.lock().expect("payments lock").get(&order_id).cloned()
+        self.by_order
+            .lock()
+            .expect("payments lock")
+            .get(&order_id)
+            .cloned()
     }
 }

@@ -31,7 +31,10 @@ pub async fn get_product(
     request: GetProduct,
 ) -> Result<Product, ServiceError> {
     catalogue.get(request.id).ok_or_else(|| {
-        ServiceError::not_found("not_found", format!("product {} does not exist", request.id))
+        ServiceError::not_found(
+            "not_found",
+            format!("product {} does not exist", request.id),
+        )
     })
 }
 
@@ -123,7 +126,9 @@ async fn announce(
         )),
         Err(SettleError::AlreadySettled(previous)) => Err(ServiceError::conflict(
             "already_settled",
-            format!("reservation of order {order_id} was already {previous:?}, cannot be {change:?}"),
+            format!(
+                "reservation of order {order_id} was already {previous:?}, cannot be {change:?}"
+            ),
         )),
     }
 }

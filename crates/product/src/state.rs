@@ -45,7 +45,9 @@ struct Inner {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReserveError {
     UnknownProduct,
-    InsufficientStock { available: u32 },
+    InsufficientStock {
+        available: u32,
+    },
     /// The order already reserved something else (another product or quantity).
     OrderAlreadyReserved,
 }
@@ -203,13 +205,20 @@ mod tests {
         catalogue.reserve(b, product.id, q(2)).unwrap();
         assert_eq!(catalogue.get(product.id).unwrap().available, 0);
 
-        assert!(matches!(catalogue.commit(a), Ok(Settled::Applied(p)) if p.stock == 2 && p.available == 0));
+        assert!(
+            matches!(catalogue.commit(a), Ok(Settled::Applied(p)) if p.stock == 2 && p.available == 0)
+        );
         assert_eq!(catalogue.commit(a), Ok(Settled::AlreadyDone));
         assert_eq!(
             catalogue.release(a),
             Err(SettleError::AlreadySettled(ReservationState::Committed))
         );
-        assert!(matches!(catalogue.release(b), Ok(Settled::Applied(p)) if p.stock == 2 && p.available == 2));
-        assert_eq!(catalogue.release(OrderId::new()), Err(SettleError::NoReservation));
+        assert!(
+            matches!(catalogue.release(b), Ok(Settled::Applied(p)) if p.stock == 2 && p.available == 2)
+        );
+        assert_eq!(
+            catalogue.release(OrderId::new()),
+            Err(SettleError::NoReservation)
+        );
     }
 }

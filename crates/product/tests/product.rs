@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
+use messaging_core::contract::Event;
 use messaging_core::contract::{
     CreateProduct, GetProduct, Name, Order, OrderCancelled, OrderFailed, OrderId, OrderPaid,
     OrderStatus, Product, ProductCreated, ProductId, Quantity, ReserveStock, StockChange,
     StockUpdated, UserId,
 };
 use messaging_core::testing::{expect_refusal, spawn_broker, TestBroker};
-use messaging_core::contract::Event;
 use messaging_core::{Bus, EventMeta, ModuleHandle};
 use uuid::Uuid;
 
@@ -87,10 +87,19 @@ async fn create_then_get_and_the_event_carries_the_product() {
     let product = app.product(100).await;
     assert_eq!((product.stock, product.available), (100, 100));
     assert_eq!(product.name.as_str(), "Widget");
-    assert_eq!(created.next_within(WAIT).await.unwrap().event.product, product);
+    assert_eq!(
+        created.next_within(WAIT).await.unwrap().event.product,
+        product
+    );
     assert_eq!(app.get(product.id).await, product);
 
-    let err = expect_refusal(app.bus().request(&GetProduct { id: ProductId::new() }).await);
+    let err = expect_refusal(
+        app.bus()
+            .request(&GetProduct {
+                id: ProductId::new(),
+            })
+            .await,
+    );
     assert_eq!((err.status, err.code.as_str()), (404, "not_found"));
     app.shutdown().await;
 }
@@ -99,18 +108,32 @@ async fn create_then_get_and_the_event_carries_the_product() {
 async fn bad_input_is_refused_with_the_reason() {
     let app = spawn_app().await;
     let cases = [
-        (r#"{"name":"W","stock":0}"#, "quantity must be greater than zero"),
+        (
+            r#"{"name":"W","stock":0}"#,
+            "quantity must be greater than zero",
+        ),
         (r#"{"name":"W","stock":-5}"#, "invalid value: integer `-5`"),
         (r#"{"name":"W","stock":"5"}"#, "invalid type: string"),
-        (r#"{"name":"W","stock":1.5}"#, "invalid type: floating point"),
+        (
+            r#"{"name":"W","stock":1.5}"#,
+            "invalid type: floating point",
+        ),
         (r#"{"name":"","stock":5}"#, "name must not be empty"),
         (r#"{"stock":5}"#, "missing field `name`"),
         (r#"{"name":"W"}"#, "missing field `stock`"),
         (r#"["W", 5]"#, "expected a JSON object"),
     ];
     for (payload, reason) in cases {
-        let err = app.broker.request_raw("product.create", payload).await.unwrap_err();
-        assert_eq!((err.status, err.code.as_str()), (400, "bad_request"), "{payload}");
+        let err = app
+            .broker
+            .request_raw("product.create", payload)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.status, err.code.as_str()),
+            (400, "bad_request"),
+            "{payload}"
+        );
         assert!(err.message.contains(reason), "{payload}: {}", err.message);
     }
     let stats = app.module.stats("product.create").unwrap();
@@ -178,7 +201,9 @@ async fn concurrent_reservations_never_oversell() {
     let accepted = results.iter().filter(|r| r.is_ok()).count();
     let refused = results
         .iter()
-        .filter(|r| matches!(r, Err(e) if e.remote().is_some_and(|e| e.code == "insufficient_stock")))
+        .filter(
+            |r| matches!(r, Err(e) if e.remote().is_some_and(|e| e.code == "insufficient_stock")),
+        )
         .count();
     assert_eq!((accepted, refused), (25, 75));
     let after = app.get(product.id).await;
@@ -200,36 +225,67 @@ async fn paid_orders_commit_and_failed_or_cancelled_ones_release() {
     let flow = Uuid::new_v4();
 
     app.bus()
-        .publish(&OrderPaid { order: order(paid, product.id, 10, OrderStatus::Paid) }, flow)
+        .publish(
+            &OrderPaid {
+                order: order(paid, product.id, 10, OrderStatus::Paid),
+            },
+            flow,
+        )
         .await
         .unwrap();
     let update = updates.next_within(WAIT).await.unwrap();
-    assert_eq!((update.event.order_id, update.event.change), (paid, StockChange::Committed));
-    assert_eq!((update.event.product.stock, update.event.product.available), (90, 40));
-    assert_eq!(update.meta.correlation_id, flow, "the flow's correlation id is kept");
+    assert_eq!(
+        (update.event.order_id, update.event.change),
+        (paid, StockChange::Committed)
+    );
+    assert_eq!(
+        (update.event.product.stock, update.event.product.available),
+        (90, 40)
+    );
+    assert_eq!(
+        update.meta.correlation_id, flow,
+        "the flow's correlation id is kept"
+    );
 
     let reason = "card declined".to_owned();
     app.bus()
         .publish(
-            &OrderFailed { order: order(failed, product.id, 20, OrderStatus::Failed), reason },
+            &OrderFailed {
+                order: order(failed, product.id, 20, OrderStatus::Failed),
+                reason,
+            },
             flow,
         )
         .await
         .unwrap();
     let update = updates.next_within(WAIT).await.unwrap();
-    assert_eq!((update.event.order_id, update.event.change), (failed, StockChange::Released));
-    assert_eq!((update.event.product.stock, update.event.product.available), (90, 60));
+    assert_eq!(
+        (update.event.order_id, update.event.change),
+        (failed, StockChange::Released)
+    );
+    assert_eq!(
+        (update.event.product.stock, update.event.product.available),
+        (90, 60)
+    );
 
     app.bus()
         .publish(
-            &OrderCancelled { order: order(cancelled, product.id, 30, OrderStatus::Cancelled) },
+            &OrderCancelled {
+                order: order(cancelled, product.id, 30, OrderStatus::Cancelled),
+            },
             flow,
         )
         .await
         .unwrap();
     let update = updates.next_within(WAIT).await.unwrap();
-    assert_eq!((update.event.order_id, update.event.change), (cancelled, StockChange::Released));
-    assert_eq!((update.event.product.stock, update.event.product.available), (90, 90));
+    assert_eq!(
+        (update.event.order_id, update.event.change),
+        (cancelled, StockChange::Released)
+    );
+    assert_eq!(
+        (update.event.product.stock, update.event.product.available),
+        (90, 90)
+    );
     app.shutdown().await;
 }
 
@@ -255,6 +311,10 @@ async fn a_duplicated_paid_event_commits_once() {
     let update = updates.next_within(WAIT).await.unwrap();
     assert_eq!(update.event.product.stock, 90);
     let after = app.get(product.id).await;
-    assert_eq!((after.stock, after.available), (90, 90), "one effect for two deliveries");
+    assert_eq!(
+        (after.stock, after.available),
+        (90, 90),
+        "one effect for two deliveries"
+    );
     app.shutdown().await;
 }

@@ -66,8 +66,16 @@ async fn bad_input_is_refused_with_the_reason_and_creates_nothing() {
     let app = spawn_app().await;
     let cases = [
         ("user.create", r#"{"name": ""}"#, "name must not be empty"),
-        ("user.create", r#"{"name": "   "}"#, "name must not be empty"),
-        ("user.create", r#"{"name": 42}"#, "invalid type: integer `42`"),
+        (
+            "user.create",
+            r#"{"name": "   "}"#,
+            "name must not be empty",
+        ),
+        (
+            "user.create",
+            r#"{"name": 42}"#,
+            "invalid type: integer `42`",
+        ),
         ("user.create", r#"{}"#, "missing field `name`"),
         ("user.create", "not json", "expected a JSON object"),
         ("user.create", r#"{"name": "Ada""#, "EOF while parsing"),
@@ -78,7 +86,11 @@ async fn bad_input_is_refused_with_the_reason_and_creates_nothing() {
     let mut created = app.broker.bus().watch::<UserCreated>().await.unwrap();
     for (subject, payload, reason) in cases {
         let err = app.broker.request_raw(subject, payload).await.unwrap_err();
-        assert_eq!((err.status, err.code.as_str()), (400, "bad_request"), "{payload}");
+        assert_eq!(
+            (err.status, err.code.as_str()),
+            (400, "bad_request"),
+            "{payload}"
+        );
         assert!(err.message.contains(reason), "{payload}: {}", err.message);
     }
     let long = "x".repeat(Name::MAX_LEN + 1);
@@ -87,7 +99,11 @@ async fn bad_input_is_refused_with_the_reason_and_creates_nothing() {
         .request_raw("user.create", &format!(r#"{{"name":"{long}"}}"#))
         .await
         .unwrap_err();
-    assert!(err.message.contains("at most 200 characters"), "{}", err.message);
+    assert!(
+        err.message.contains("at most 200 characters"),
+        "{}",
+        err.message
+    );
 
     // Nothing was created: the first user.created event is the valid one below.
     let user = app

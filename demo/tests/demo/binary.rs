@@ -161,7 +161,9 @@ async fn serve_keeps_the_modules_up_until_sigterm_then_stops_cleanly() {
         .to_owned();
 
     // Another client uses the modules.
-    let client = messaging_core::Connection::connect(&url, "outsider").await.unwrap();
+    let client = messaging_core::Connection::connect(&url, "outsider")
+        .await
+        .unwrap();
     let name = messaging_core::contract::Name::parse("Grace").unwrap();
     let user = client
         .bus()
@@ -198,7 +200,10 @@ async fn an_existing_server_can_be_used_with_nats_url() {
         .unwrap();
     let (status, output) = finish(child).await;
     assert!(status.success(), "{status}\n{output}");
-    assert!(!output.contains("nats server started"), "no broker of its own:\n{output}");
+    assert!(
+        !output.contains("nats server started"),
+        "no broker of its own:\n{output}"
+    );
     for step in STEPS {
         assert!(output.contains(step), "missing {step:?}:\n{output}");
     }
@@ -211,7 +216,10 @@ async fn bad_flags_and_unreachable_servers_are_one_clear_error() {
     let cases: [(&[&str], &str); 3] = [
         (&["--payment-delay", "soon"], "invalid value 'soon'"),
         (&["--payment-failure-rate", "2"], "not between 0 and 1"),
-        (&["--nats-url", "nats://127.0.0.1:1"], "error: cannot connect to NATS at nats://127.0.0.1:1"),
+        (
+            &["--nats-url", "nats://127.0.0.1:1"],
+            "error: cannot connect to NATS at nats://127.0.0.1:1",
+        ),
     ];
     for (args, expected) in cases {
         let child = demo(args).spawn().unwrap();

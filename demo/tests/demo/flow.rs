@@ -18,11 +18,18 @@ async fn an_order_flows_from_placement_to_fulfilment_and_stock_goes_100_to_90() 
     let product = system.product(100).await;
     let order = system.place(&user, &product, 10).await.unwrap();
     assert_eq!(order.status, OrderStatus::Pending);
-    assert_eq!(system.get_product(&product).await.available, 90, "reserved at once");
+    assert_eq!(
+        system.get_product(&product).await.available,
+        90,
+        "reserved at once"
+    );
 
     let done = fulfilled.next_within(WAIT).await.unwrap();
     assert_eq!(done.event.order.id, order.id);
-    assert_eq!(system.get_order(order.id).await.status, OrderStatus::Fulfilled);
+    assert_eq!(
+        system.get_order(order.id).await.status,
+        OrderStatus::Fulfilled
+    );
     let after = system.get_product(&product).await;
     assert_eq!((after.stock, after.available), (90, 90));
 
@@ -30,7 +37,10 @@ async fn an_order_flows_from_placement_to_fulfilment_and_stock_goes_100_to_90() 
     let mut flow = Vec::new();
     let mut correlation = None;
     while flow.last() != Some(&subjects::ORDER_FULFILLED.to_owned()) {
-        let message = tokio::time::timeout(WAIT, all.next()).await.unwrap().unwrap();
+        let message = tokio::time::timeout(WAIT, all.next())
+            .await
+            .unwrap()
+            .unwrap();
         let meta: EventMeta = serde_json::from_slice(&message.payload).unwrap();
         if message.subject.as_str() == subjects::ORDER_CREATED {
             correlation = Some(meta.correlation_id);
@@ -60,9 +70,14 @@ async fn the_demo_scenario_ends_with_90_in_stock() {
     )
     .await
     .unwrap();
-    let outcome = demo::scenario::run(app.bus(), std::time::Duration::ZERO).await.unwrap();
+    let outcome = demo::scenario::run(app.bus(), std::time::Duration::ZERO)
+        .await
+        .unwrap();
     assert!(outcome.paid);
     assert_eq!(outcome.order.quantity.get(), 10);
-    assert_eq!((outcome.final_product.stock, outcome.final_product.available), (90, 90));
+    assert_eq!(
+        (outcome.final_product.stock, outcome.final_product.available),
+        (90, 90)
+    );
     app.shutdown().await.unwrap();
 }

@@ -34,8 +34,13 @@ async fn five_hundred_concurrent_orders_never_oversell_a_stock_of_one_hundred() 
     assert_eq!(accepted.len(), 100);
     assert_eq!(refused.len(), 400);
     for err in refused {
-        let remote = err.remote().unwrap_or_else(|| panic!("not a structured error: {err}"));
-        assert_eq!((remote.status, remote.code.as_str()), (409, "insufficient_stock"));
+        let remote = err
+            .remote()
+            .unwrap_or_else(|| panic!("not a structured error: {err}"));
+        assert_eq!(
+            (remote.status, remote.code.as_str()),
+            (409, "insufficient_stock")
+        );
     }
 
     // Every stock state anybody could observe stays within bounds.
@@ -75,7 +80,10 @@ async fn a_declined_payment_fails_the_order_and_gives_the_stock_back() {
     assert_eq!(event.order.id, order.id);
     assert!(event.reason.contains("declined"), "{}", event.reason);
     let update = updates.next_within(WAIT).await.unwrap().event;
-    assert_eq!((update.order_id, update.change), (order.id, StockChange::Released));
+    assert_eq!(
+        (update.order_id, update.change),
+        (order.id, StockChange::Released)
+    );
 
     assert_eq!(system.get_order(order.id).await.status, OrderStatus::Failed);
     let after = system.get_product(&product).await;
@@ -95,21 +103,49 @@ async fn cancelling_releases_a_pending_order_and_is_refused_for_a_paid_one() {
 
     let pending = system.place(&user, &product, 30).await.unwrap();
     assert_eq!(system.get_product(&product).await.available, 70);
-    let reply = system.bus().request(&CancelOrder { id: pending.id }).await.unwrap();
+    let reply = system
+        .bus()
+        .request(&CancelOrder { id: pending.id })
+        .await
+        .unwrap();
     assert_eq!(reply.status, OrderStatus::Cancelled);
-    assert_eq!(cancelled.next_within(WAIT).await.unwrap().event.order.id, pending.id);
+    assert_eq!(
+        cancelled.next_within(WAIT).await.unwrap().event.order.id,
+        pending.id
+    );
     let update = updates.next_within(WAIT).await.unwrap().event;
-    assert_eq!((update.order_id, update.change), (pending.id, StockChange::Released));
+    assert_eq!(
+        (update.order_id, update.change),
+        (pending.id, StockChange::Released)
+    );
     assert_eq!((update.product.stock, update.product.available), (100, 100));
 
     let order = system.place(&user, &product, 10).await.unwrap();
-    pay(&system, order.id, EventMeta { event_id: Uuid::new_v4(), correlation_id: Uuid::new_v4() }).await;
-    assert_eq!(paid.next_within(WAIT).await.unwrap().event.order.id, order.id);
+    pay(
+        &system,
+        order.id,
+        EventMeta {
+            event_id: Uuid::new_v4(),
+            correlation_id: Uuid::new_v4(),
+        },
+    )
+    .await;
+    assert_eq!(
+        paid.next_within(WAIT).await.unwrap().event.order.id,
+        order.id
+    );
     let err = expect_refusal(system.bus().request(&CancelOrder { id: order.id }).await);
     assert_eq!((err.status, err.code.as_str()), (409, "invalid_transition"));
-    assert!(err.message.contains("cannot become cancelled"), "{}", err.message);
+    assert!(
+        err.message.contains("cannot become cancelled"),
+        "{}",
+        err.message
+    );
     let status = system.get_order(order.id).await.status;
-    assert!(matches!(status, OrderStatus::Paid | OrderStatus::Fulfilled), "{status}");
+    assert!(
+        matches!(status, OrderStatus::Paid | OrderStatus::Fulfilled),
+        "{status}"
+    );
     system.shutdown().await;
 }
 
@@ -128,13 +164,29 @@ async fn a_duplicated_payment_success_decrements_stock_once() {
     pay(&system, order.id, meta).await;
     pay(&system, order.id, meta).await;
 
-    assert_eq!(fulfilled.next_within(WAIT).await.unwrap().event.order.id, order.id);
+    assert_eq!(
+        fulfilled.next_within(WAIT).await.unwrap().event.order.id,
+        order.id
+    );
     let orders = system.module("order");
-    let handled = orders.handled(subjects::PAYMENT_SUCCEEDED, 2, WAIT).await.unwrap();
-    assert_eq!((handled.completed, handled.failed), (2, 0), "the duplicate is absorbed, not an error");
+    let handled = orders
+        .handled(subjects::PAYMENT_SUCCEEDED, 2, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        (handled.completed, handled.failed),
+        (2, 0),
+        "the duplicate is absorbed, not an error"
+    );
     let products = system.module("product");
-    let commits = products.handled(subjects::ORDER_PAID, 1, WAIT).await.unwrap();
-    assert_eq!(commits.completed, 1, "one order.paid for two payment events");
+    let commits = products
+        .handled(subjects::ORDER_PAID, 1, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        commits.completed, 1,
+        "one order.paid for two payment events"
+    );
 
     let after = system.get_product(&product).await;
     assert_eq!((after.stock, after.available), (90, 90));
@@ -190,7 +242,9 @@ async fn run_round(seed: u64) {
     // declined), and some try to cancel it after a random pause.
     let clients = (0..ORDERS).map(|_| {
         let quantity = rng.gen_range(1..=5);
-        let cancel_after = rng.gen_bool(0.4).then(|| Duration::from_micros(rng.gen_range(0..4000)));
+        let cancel_after = rng
+            .gen_bool(0.4)
+            .then(|| Duration::from_micros(rng.gen_range(0..4000)));
         let (system, user, product) = (system.clone(), user.clone(), product.clone());
         async move {
             let order = system.place(&user, &product, quantity).await.ok()?;
@@ -201,7 +255,11 @@ async fn run_round(seed: u64) {
             Some(order)
         }
     });
-    let accepted: Vec<Order> = futures::future::join_all(clients).await.into_iter().flatten().collect();
+    let accepted: Vec<Order> = futures::future::join_all(clients)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
     assert!(!accepted.is_empty());
 
     // Wait until every accepted order reached a terminal state and its
@@ -234,15 +292,31 @@ async fn run_round(seed: u64) {
     let mut fulfilled_quantity = 0;
     for order in &accepted {
         let status = system.get_order(order.id).await.status;
-        assert_eq!(Some(&status), terminal.get(&order.id), "seed {seed}: order {}", order.id);
+        assert_eq!(
+            Some(&status),
+            terminal.get(&order.id),
+            "seed {seed}: order {}",
+            order.id
+        );
         if status == OrderStatus::Fulfilled {
             fulfilled_quantity += order.quantity.get();
         }
     }
     let pending_quantity = 0; // every order is terminal now
     let after = system.get_product(&product).await;
-    assert_eq!(after.stock, INITIAL - fulfilled_quantity, "seed {seed}: on hand");
-    assert_eq!(after.available, after.stock - pending_quantity, "seed {seed}: available");
+    assert_eq!(
+        after.stock,
+        INITIAL - fulfilled_quantity,
+        "seed {seed}: on hand"
+    );
+    assert_eq!(
+        after.available,
+        after.stock - pending_quantity,
+        "seed {seed}: available"
+    );
 
-    Arc::into_inner(system).expect("clients are done").shutdown().await;
+    Arc::into_inner(system)
+        .expect("clients are done")
+        .shutdown()
+        .await;
 }

@@ -63,12 +63,20 @@ impl System {
     pub async fn product(&self, stock: u32) -> Product {
         let name = Name::parse("Widget").unwrap();
         self.bus()
-            .request(&CreateProduct { name, stock: q(stock) })
+            .request(&CreateProduct {
+                name,
+                stock: q(stock),
+            })
             .await
             .unwrap()
     }
 
-    pub async fn place(&self, user: &User, product: &Product, n: u32) -> Result<Order, RequestError> {
+    pub async fn place(
+        &self,
+        user: &User,
+        product: &Product,
+        n: u32,
+    ) -> Result<Order, RequestError> {
         self.bus()
             .request(&PlaceOrder {
                 user_id: user.id,
@@ -79,7 +87,10 @@ impl System {
     }
 
     pub async fn get_product(&self, product: &Product) -> Product {
-        self.bus().request(&GetProduct { id: product.id }).await.unwrap()
+        self.bus()
+            .request(&GetProduct { id: product.id })
+            .await
+            .unwrap()
     }
 
     pub async fn get_order(&self, id: OrderId) -> Order {

@@ -34,7 +34,10 @@ async fn two_launchers_get_different_ports_and_dropping_one_stops_it() {
     let pid = a.pid().expect("running");
     assert!(alive(pid));
     drop(a);
-    assert!(!alive(pid), "dropping the launcher must kill and reap nats-server {pid}");
+    assert!(
+        !alive(pid),
+        "dropping the launcher must kill and reap nats-server {pid}"
+    );
 
     let pid = b.pid().expect("running");
     b.stop().await.expect("graceful stop");
@@ -67,7 +70,13 @@ async fn servers_older_than_2_14_are_refused() {
     .await
     .expect_err("too old");
     assert!(
-        matches!(err, BrokerError::TooOld { version: Version(2, 10, 7), .. }),
+        matches!(
+            err,
+            BrokerError::TooOld {
+                version: Version(2, 10, 7),
+                ..
+            }
+        ),
         "{err:?}"
     );
     assert!(err.to_string().contains("at least 2.14.0"), "{err}");
@@ -89,5 +98,9 @@ exit 3"#,
     .await
     .expect_err("the fake server exits");
     assert!(matches!(err, BrokerError::Exited { .. }), "{err:?}");
-    assert!(err.to_string().contains("configuration is broken on purpose"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("configuration is broken on purpose"),
+        "{err}"
+    );
 }

@@ -120,7 +120,9 @@ async fn on_tick(probe: Arc<Probe>, ctx: Context, tick: Tick) -> Result<(), Serv
 }
 
 async fn start_probe(bus: &Bus, probe: Arc<Probe>) -> messaging_core::ModuleHandle {
-    let mut module = Module::start(bus.clone(), SPEC, probe).await.expect("start");
+    let mut module = Module::start(bus.clone(), SPEC, probe)
+        .await
+        .expect("start");
     module.serve(echo).await.unwrap();
     module.serve(rendezvous).await.unwrap();
     module.serve(gated).await.unwrap();
@@ -134,15 +136,31 @@ async fn typed_requests_round_trip_and_errors_arrive_structured() {
     let (probe, _) = Probe::new(1, "a");
     let module = start_probe(app.bus(), probe).await;
 
-    let reply = app.bus().request(&Echo { text: "hi".into() }).await.unwrap();
+    let reply = app
+        .bus()
+        .request(&Echo { text: "hi".into() })
+        .await
+        .unwrap();
     assert_eq!(reply, Echoed { text: "hi".into() });
 
-    let err = expect_refusal(app.bus().request(&Echo { text: "fail".into() }).await);
+    let err = expect_refusal(
+        app.bus()
+            .request(&Echo {
+                text: "fail".into(),
+            })
+            .await,
+    );
     assert_eq!((err.status, err.code.as_str()), (409, "echo_refused"));
     assert_eq!(err.message, "fail was asked for");
 
     // A panicking handler still answers.
-    let err = expect_refusal(app.bus().request(&Echo { text: "panic".into() }).await);
+    let err = expect_refusal(
+        app.bus()
+            .request(&Echo {
+                text: "panic".into(),
+            })
+            .await,
+    );
     assert_eq!((err.status, err.code.as_str()), (500, "internal"));
 
     let stats = module.stats(Echo::SUBJECT).unwrap();
@@ -163,7 +181,10 @@ async fn malformed_payloads_get_a_bad_request_naming_the_problem() {
         ("not json", "expected a JSON object"),
         (r#"["positional"]"#, "expected a JSON object"),
         ("", "empty payload"),
-        (r#"{"text": 42}"#, "invalid type: integer `42`, expected a string"),
+        (
+            r#"{"text": 42}"#,
+            "invalid type: integer `42`, expected a string",
+        ),
         (r#"{"other": "x"}"#, "missing field `text`"),
     ];
     for (payload, problem) in cases {
@@ -171,7 +192,11 @@ async fn malformed_payloads_get_a_bad_request_naming_the_problem() {
             .request_raw(Echo::SUBJECT, payload)
             .await
             .expect_err("malformed input is refused");
-        assert_eq!((err.status, err.code.as_str()), (400, "bad_request"), "{payload}");
+        assert_eq!(
+            (err.status, err.code.as_str()),
+            (400, "bad_request"),
+            "{payload}"
+        );
         assert!(err.message.contains(problem), "{payload}: {}", err.message);
     }
     // Unknown fields are ignored: contracts can grow.
@@ -188,14 +213,32 @@ async fn malformed_payloads_get_a_bad_request_naming_the_problem() {
 #[tokio::test]
 async fn nobody_serving_is_told_apart_from_a_timeout() {
     let app = spawn_broker().await;
-    let err = app.bus().request(&Echo { text: "x".into() }).await.unwrap_err();
-    assert!(matches!(err, RequestError::NoResponders { subject: "probe.echo" }), "{err:?}");
+    let err = app
+        .bus()
+        .request(&Echo { text: "x".into() })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RequestError::NoResponders {
+                subject: "probe.echo"
+            }
+        ),
+        "{err:?}"
+    );
 
     // A subscriber that never answers: a timeout, not no-responders.
     let _silent = app.bus().client().subscribe(Echo::SUBJECT).await.unwrap();
     app.bus().client().flush().await.unwrap();
-    let impatient = app.bus().clone().with_request_timeout(Duration::from_millis(200));
-    let err = impatient.request(&Echo { text: "x".into() }).await.unwrap_err();
+    let impatient = app
+        .bus()
+        .clone()
+        .with_request_timeout(Duration::from_millis(200));
+    let err = impatient
+        .request(&Echo { text: "x".into() })
+        .await
+        .unwrap_err();
     assert!(matches!(err, RequestError::Timeout { .. }), "{err:?}");
     app.shutdown().await;
 }
@@ -233,7 +276,10 @@ async fn event_handlers_run_concurrently_and_instances_share_the_work() {
     let mut tocks = app.bus().watch::<Tock>().await.unwrap();
 
     for n in 0..20 {
-        app.bus().publish(&Tick { n }, uuid::Uuid::new_v4()).await.unwrap();
+        app.bus()
+            .publish(&Tick { n }, uuid::Uuid::new_v4())
+            .await
+            .unwrap();
     }
     let mut seen = Vec::new();
     for _ in 0..20 {
@@ -241,7 +287,11 @@ async fn event_handlers_run_concurrently_and_instances_share_the_work() {
     }
     let mut numbers: Vec<u32> = seen.iter().map(|t| t.n).collect();
     numbers.sort_unstable();
-    assert_eq!(numbers, (0..20).collect::<Vec<_>>(), "each event handled exactly once");
+    assert_eq!(
+        numbers,
+        (0..20).collect::<Vec<_>>(),
+        "each event handled exactly once"
+    );
     let handled_a = a.stats(Tick::SUBJECT).unwrap().completed;
     let handled_b = b.stats(Tick::SUBJECT).unwrap().completed;
     assert_eq!(handled_a + handled_b, 20);
@@ -259,13 +309,22 @@ async fn fifty_events_are_handled_at_once() {
     let module = start_probe(app.bus(), probe).await;
     let mut tocks = app.bus().watch::<Tock>().await.unwrap();
     for n in 0..50 {
-        app.bus().publish(&Tick { n }, uuid::Uuid::new_v4()).await.unwrap();
+        app.bus()
+            .publish(&Tick { n }, uuid::Uuid::new_v4())
+            .await
+            .unwrap();
     }
     for _ in 0..50 {
-        tocks.next_within(WAIT).await.expect("every handler passed the rendezvous");
+        tocks
+            .next_within(WAIT)
+            .await
+            .expect("every handler passed the rendezvous");
     }
     let stats = module.stats(Tick::SUBJECT).unwrap();
-    assert_eq!((stats.peak_in_flight, stats.completed, stats.failed), (50, 50, 0));
+    assert_eq!(
+        (stats.peak_in_flight, stats.completed, stats.failed),
+        (50, 50, 0)
+    );
     module.shutdown().await;
     app.shutdown().await;
 }
@@ -280,7 +339,10 @@ async fn discovery_answers_ping_info_and_stats() {
     let client = app.bus().client();
     let ping = client.request("$SRV.PING.probe", "".into()).await.unwrap();
     let ping: serde_json::Value = serde_json::from_slice(&ping.payload).unwrap();
-    assert_eq!((ping["name"].as_str(), ping["version"].as_str()), (Some("probe"), Some("1.2.3")));
+    assert_eq!(
+        (ping["name"].as_str(), ping["version"].as_str()),
+        (Some("probe"), Some("1.2.3"))
+    );
 
     let info = client.request("$SRV.INFO.probe", "".into()).await.unwrap();
     let info: serde_json::Value = serde_json::from_slice(&info.payload).unwrap();
@@ -315,7 +377,10 @@ async fn shutdown_stops_intake_and_finishes_work_in_flight() {
 
     let bus = app.bus().clone();
     let in_flight = tokio::spawn(async move { bus.request(&Gated {}).await });
-    tokio::time::timeout(WAIT, started.recv()).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, started.recv())
+        .await
+        .unwrap()
+        .unwrap();
 
     let shutdown = tokio::spawn(module.shutdown());
     // Intake stops: new requests find nobody. Until the server has seen the
@@ -323,20 +388,41 @@ async fn shutdown_stops_intake_and_finishes_work_in_flight() {
     // unsubscribe on the wire is lost by core NATS (a timeout): the one
     // at-most-once window of request/reply, documented in the module docs.
     let deadline = tokio::time::Instant::now() + WAIT;
-    let impatient = app.bus().clone().with_request_timeout(Duration::from_millis(500));
+    let impatient = app
+        .bus()
+        .clone()
+        .with_request_timeout(Duration::from_millis(500));
     loop {
-        assert!(tokio::time::Instant::now() < deadline, "intake never stopped");
-        match impatient.request(&Echo { text: "late".into() }).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "intake never stopped"
+        );
+        match impatient
+            .request(&Echo {
+                text: "late".into(),
+            })
+            .await
+        {
             Err(RequestError::NoResponders { .. }) => break,
             Ok(_) | Err(RequestError::Timeout { .. }) => continue,
             Err(other) => panic!("unexpected {other:?}"),
         }
     }
-    assert!(!shutdown.is_finished(), "shutdown must wait for the handler in flight");
+    assert!(
+        !shutdown.is_finished(),
+        "shutdown must wait for the handler in flight"
+    );
 
     probe.gate.add_permits(1);
-    let reply = tokio::time::timeout(WAIT, in_flight).await.unwrap().unwrap();
-    assert_eq!(reply.unwrap(), "finished", "the request in flight got its reply");
+    let reply = tokio::time::timeout(WAIT, in_flight)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        reply.unwrap(),
+        "finished",
+        "the request in flight got its reply"
+    );
     tokio::time::timeout(WAIT, shutdown).await.unwrap().unwrap();
     app.shutdown().await;
 }

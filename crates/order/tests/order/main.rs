@@ -1,0 +1,8 @@
+//! Integration tests of the order module, each against its own real
+//! nats-server, with the user and product modules played by a fake module
+//! (`support::Peers`): placing orders and their refusals, malformed input,
+//! and the lifecycle driven by payment and stock events.
+
+mod lifecycle;
+mod placing;
+mod support;
