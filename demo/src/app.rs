@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use messaging_core::broker::{BrokerConfig, NatsServer};
-use messaging_core::{shutdown_all, Bus, Connection, ModuleHandle};
+use messaging_core::{shutdown_all, Bus, Connection, ModuleHandle, Storage};
 use payment::PaymentConfig;
 
 /// How long the connection may take to drain at shutdown.
@@ -35,31 +35,20 @@ pub struct App {
 }
 
 impl App {
-    /// Starts (or joins) the broker and registers the four modules.
-    pub async fn start(broker: Broker, payment: PaymentConfig) -> anyhow::Result<App> {
-        let (server, url) = match broker {
-            Broker::Launch(config) => {
-                let server = NatsServer::start_with(config)
-                    .await
-                    .context("cannot start nats-server")?;
-                tracing::info!(
-                    url = server.url(), version = %server.version(), pid = server.pid(),
-                    "nats server started"
-                );
-                let url = server.url().to_owned();
-                (Some(server), url)
-            }
-            Broker::Existing(url) => (None, url),
-        };
-        let connection = Connection::connect(&url, "demo").await?;
-        tracing::info!(%url, "connected to nats server");
-
+    /// Starts (or joins) the broker and registers the four modules, their
+    /// state kept as `storage` says.
+    pub async fn start(
+        broker: Broker,
+        payment: PaymentConfig,
+        storage: Storage,
+    ) -> anyhow::Result<App> {
+        let (server, connection, url) = connect(broker).await?;
         let client = connection.client().clone();
         let modules = vec![
-            user::register(client.clone()).await?,
-            product::register(client.clone()).await?,
-            order::register(client.clone()).await?,
-            payment::register(client, payment).await?,
+            user::register_with(client.clone(), storage).await?,
+            product::register_with(client.clone(), storage).await?,
+            order::register_with(client.clone(), storage).await?,
+            payment::register_with(client, payment, storage).await?,
         ];
         Ok(App {
             server,
@@ -103,4 +92,33 @@ impl App {
         tracing::info!("shut down cleanly");
         Ok(())
     }
+}
+
+/// Starts (or joins) the broker and connects; checks that it has JetStream.
+pub async fn connect(broker: Broker) -> anyhow::Result<(Option<NatsServer>, Connection, String)> {
+    let (server, url) = match broker {
+        Broker::Launch(config) => {
+            let server = NatsServer::start_with(config)
+                .await
+                .context("cannot start nats-server")?;
+            tracing::info!(
+                url = server.url(), version = %server.version(), pid = server.pid(),
+                store = %server.store_dir().display(),
+                "nats server started"
+            );
+            let url = server.url().to_owned();
+            (Some(server), url)
+        }
+        Broker::Existing(url) => (None, url),
+    };
+    let connection = Connection::connect(&url, "demo").await?;
+    // Without JetStream nothing durable works: say so now, not as a hang later.
+    async_nats::jetstream::new(connection.client().clone())
+        .query_account()
+        .await
+        .with_context(|| {
+            format!("the NATS server at {url} has no JetStream (start it with `nats-server -js`)")
+        })?;
+    tracing::info!(%url, "connected to nats server");
+    Ok((server, connection, url))
 }

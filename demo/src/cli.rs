@@ -1,8 +1,9 @@
 //! The demo's command line.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// The event-driven modular monolith on NATS: four modules, one bus.
 #[derive(Debug, Parser)]
@@ -24,6 +25,19 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub seed: Option<u64>,
 
+    /// Keep the launched broker's store (events and module state) in DIR,
+    /// across runs; without it, a temporary store is removed at exit.
+    #[arg(long, value_name = "DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+
+    /// Keep module state in process memory instead of JetStream key-value buckets.
+    #[arg(long, global = true)]
+    pub ephemeral: bool,
+
+    /// When the launched broker syncs JetStream writes to disk (see README).
+    #[arg(long, value_enum, default_value_t = Sync::Interval, global = true)]
+    pub sync: Sync,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -34,6 +48,27 @@ pub enum Command {
     Run,
     /// Keep the modules running for other clients until interrupted.
     Serve,
+    /// List or retry the events the modules gave up on.
+    #[command(subcommand)]
+    DeadLetters(DeadLetterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadLetterCommand {
+    /// Print every dead letter, one per line.
+    List,
+    /// Publish the event of dead letter ID again, once its cause is fixed.
+    Retry { id: String },
+}
+
+/// The broker's disk sync policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Sync {
+    /// nats-server's default: fsync every 2 minutes (fast; a machine crash
+    /// can lose acknowledged writes).
+    Interval,
+    /// fsync every write before acknowledging it (slow; survives a machine crash).
+    Always,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {

@@ -1,15 +1,17 @@
-//! `demo`: run the scenario (default) or serve the modules until interrupted.
+//! `demo`: run the scenario (default), serve the modules until interrupted,
+//! or look after dead letters.
 //!
 //! SIGINT (Ctrl-C) or SIGTERM at any moment leads to the same graceful
 //! shutdown as the end of the scenario.
 
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::Parser;
 use demo::app::{App, Broker};
-use demo::cli::{Cli, Command};
-use messaging_core::broker::BrokerConfig;
+use demo::cli::{Cli, Command, DeadLetterCommand, Sync};
+use messaging_core::broker::{BrokerConfig, SyncMode};
+use messaging_core::dead_letter::DeadLetters;
+use messaging_core::Storage;
 use payment::PaymentConfig;
 
 #[tokio::main]
@@ -42,25 +44,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ..PaymentConfig::default()
     };
     payment.validate()?;
+    let storage = if cli.ephemeral {
+        Storage::Memory
+    } else {
+        Storage::Durable
+    };
     let broker = match cli.nats_url {
         Some(url) => Broker::Existing(url),
-        None => Broker::Launch(BrokerConfig::default()),
+        None => Broker::Launch(BrokerConfig {
+            store_dir: cli.data_dir.clone(),
+            sync: match cli.sync {
+                Sync::Interval => SyncMode::Interval,
+                Sync::Always => SyncMode::Always,
+            },
+            ..BrokerConfig::default()
+        }),
     };
+    let command = cli.command.unwrap_or(Command::Run);
+    if let Command::DeadLetters(action) = command {
+        return dead_letters(broker, storage, action).await;
+    }
 
     let interrupted = interrupted();
     tokio::pin!(interrupted);
 
     let app = tokio::select! {
-        app = App::start(broker, payment) => app?,
+        app = App::start(broker, payment, storage) => app?,
         // Dropping the half-started app kills the child broker.
         () = &mut interrupted => return Ok(()),
     };
 
-    let result = match cli.command.unwrap_or(Command::Run) {
-        Command::Run => tokio::select! {
-            outcome = demo::scenario::run(app.bus(), cli.payment_delay) => outcome.map(|_| ()),
-            () = &mut interrupted => Ok(()),
-        },
+    let result = match command {
         Command::Serve => {
             tracing::info!(
                 url = app.url(),
@@ -70,18 +84,63 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             interrupted.await;
             Ok(())
         }
+        _ => tokio::select! {
+            outcome = demo::scenario::run(app.bus(), cli.payment_delay) => outcome.map(|_| ()),
+            () = &mut interrupted => Ok(()),
+        },
     };
     // Shut down gracefully whatever happened above.
     let shutdown = app.shutdown().await;
     result.and(shutdown)
 }
 
+/// `demo dead-letters list | retry ID`, against `--nats-url` or the store in `--data-dir`.
+async fn dead_letters(
+    broker: Broker,
+    storage: Storage,
+    action: DeadLetterCommand,
+) -> anyhow::Result<()> {
+    if let Broker::Launch(config) = &broker {
+        anyhow::ensure!(
+            config.store_dir.is_some(),
+            "dead letters live in the broker's store: pass --data-dir DIR or --nats-url URL"
+        );
+    }
+    anyhow::ensure!(
+        storage == Storage::Durable,
+        "--ephemeral runs keep no dead letters to inspect"
+    );
+    let (server, connection, _) = demo::app::connect(broker).await?;
+    let letters = DeadLetters::open(connection.client(), storage).await?;
+    let result = match action {
+        DeadLetterCommand::List => letters.list().await.map_err(Into::into).map(|all| {
+            if all.is_empty() {
+                println!("no dead letters");
+            }
+            for l in all {
+                println!(
+                    "{}\t{:?}\t{}\tdeliveries={}\t{}",
+                    l.id, l.kind, l.subject, l.deliveries, l.reason
+                );
+            }
+        }),
+        DeadLetterCommand::Retry { id } => letters
+            .retry(&id)
+            .await
+            .map(|l| println!("re-published {} ({})", l.id, l.subject))
+            .map_err(Into::into),
+    };
+    connection.drain(std::time::Duration::from_secs(10)).await?;
+    if let Some(server) = server {
+        server.stop().await?;
+    }
+    result
+}
+
 /// Resolves on SIGINT or SIGTERM.
 async fn interrupted() {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())
-        .context("installing the SIGTERM handler")
-        .expect("signal handlers can be installed");
+    let mut term = signal(SignalKind::terminate()).expect("signal handlers can be installed");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},

@@ -84,6 +84,19 @@ pub enum BrokerError {
     NotFound(String),
 }
 
+/// When JetStream writes reach the disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SyncMode {
+    /// nats-server's default: fsync on a timer (every 2 minutes). An
+    /// acknowledged event can be lost if the *machine* fails (power, kernel)
+    /// before the next sync; a crash of the processes loses nothing.
+    #[default]
+    Interval,
+    /// `sync_interval: always`: fsync every write before acknowledging it.
+    /// Survives machine failure, at a large cost in write rate.
+    Always,
+}
+
 /// How to start the broker.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
@@ -95,6 +108,11 @@ pub struct BrokerConfig {
     pub startup_timeout: Duration,
     /// How long a graceful stop may take before the process is killed.
     pub stop_timeout: Duration,
+    /// When JetStream writes reach the disk.
+    pub sync: SyncMode,
+    /// Listen on this port; `None` lets the server pick a free one (use a
+    /// fixed port only to restart a server where its clients expect it).
+    pub port: Option<u16>,
 }
 
 impl Default for BrokerConfig {
@@ -104,6 +122,8 @@ impl Default for BrokerConfig {
             store_dir: None,
             startup_timeout: Duration::from_secs(10),
             stop_timeout: Duration::from_secs(10),
+            sync: SyncMode::default(),
+            port: None,
         }
     }
 }
@@ -227,13 +247,21 @@ impl NatsServer {
             }
         };
 
+        let port = config.port.map_or("-1".to_owned(), |p| p.to_string());
         let mut command = Command::new(&binary);
         command
-            .args(["-a", "127.0.0.1", "-p", "-1", "-js"])
+            .args(["-a", "127.0.0.1", "-p", &port, "-js"])
             .arg("--ports_file_dir")
             .arg(ports_dir.path())
             .arg("-sd")
-            .arg(&store_dir)
+            .arg(&store_dir);
+        if config.sync == SyncMode::Always {
+            // Only settable in a configuration file.
+            let file = ports_dir.path().join("sync.conf");
+            std::fs::write(&file, "jetstream {\n  sync_interval: always\n}\n")?;
+            command.arg("-c").arg(file);
+        }
+        command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

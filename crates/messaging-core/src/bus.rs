@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream;
 use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
 use tokio::sync::watch;
@@ -23,15 +24,37 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone, Debug)]
 pub struct Bus {
     client: Client,
+    jetstream: jetstream::Context,
     request_timeout: Duration,
+}
+
+/// What the event stream said about a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// The event's sequence number in the stream.
+    pub sequence: u64,
+    /// The stream already had an event with this id (within its duplicate
+    /// window) and did not store it again.
+    pub duplicate: bool,
 }
 
 impl Bus {
     pub fn new(client: Client) -> Self {
         Self {
+            jetstream: jetstream::new(client.clone()),
             client,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
+    }
+
+    /// The JetStream context over the same client.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.jetstream
+    }
+
+    /// How long requests wait for their reply.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
     }
 
     /// The same bus with another request timeout.
@@ -87,11 +110,8 @@ impl Bus {
         })
     }
 
-    /// Publishes an event in the flow `correlation_id`, with a fresh event id.
-    ///
-    /// Core NATS publish: it reaches the subscribers that exist right now
-    /// (at-most-once). The event id also goes out as `Nats-Msg-Id`, so a
-    /// stream capturing events dedupes a retried publish.
+    /// Publishes an event in the flow `correlation_id`, with a fresh event id,
+    /// and waits until the event stream has stored it.
     pub async fn publish<E: Event>(
         &self,
         event: &E,
@@ -105,35 +125,86 @@ impl Bus {
         Ok(meta)
     }
 
-    /// Publishes an event under a given identity: re-publishing the same
-    /// event (same `event_id`) is how a retry or a redelivery looks, and what
-    /// idempotent handlers must absorb.
+    /// Publishes an event under a given identity and waits for the stream's
+    /// acknowledgement.
+    ///
+    /// The event id goes out as `Nats-Msg-Id`: publishing the same event
+    /// again (a retry, a re-publish after a crash) within the stream's
+    /// duplicate window is stored once, and reported as a duplicate.
     pub async fn publish_as<E: Event>(
         &self,
         event: &E,
         meta: EventMeta,
-    ) -> Result<(), PublishError> {
+    ) -> Result<Published, PublishError> {
         let subject = E::SUBJECT;
         let payload = serde_json::to_vec(&Outgoing { meta, event })
             .map_err(|source| PublishError::Encode { subject, source })?;
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", meta.event_id.to_string().as_str());
         headers.insert(CORRELATION_ID, meta.correlation_id.to_string().as_str());
-        self.client
+        let ack = self
+            .jetstream
             .publish_with_headers(subject, headers, payload.into())
             .await
-            .map_err(|source| PublishError::Transport { subject, source })?;
-        Ok(())
+            .map_err(|source| PublishError::Stream {
+                subject,
+                reason: source.to_string(),
+            })?
+            .await
+            .map_err(|source| PublishError::Stream {
+                subject,
+                reason: source.to_string(),
+            })?;
+        Ok(Published {
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        })
     }
 
-    /// Watches an event subject (every watcher gets every event; no queue group).
+    /// Watches the events of one subject stored from now on (every watcher
+    /// gets every event; nothing is acknowledged or consumed).
     ///
     /// For observers such as the demo and tests; modules react to events with
-    /// [`crate::Module::on_event`] instead.
-    pub async fn watch<E: Event>(&self) -> Result<EventStream<E>, async_nats::SubscribeError> {
-        let subscriber = self.client.subscribe(E::SUBJECT).await?;
-        Ok(EventStream::new(subscriber))
+    /// [`crate::Module::on_event`] instead. Reads the event stream through an
+    /// ordered consumer, so it sees what the stream stored: duplicates once.
+    pub async fn watch<E: Event>(&self) -> Result<EventStream<E>, WatchSetupError> {
+        use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+        use futures::StreamExt;
+        let setup = |err: String| WatchSetupError {
+            subject: E::SUBJECT,
+            reason: err,
+        };
+        crate::events::ensure_stream(&self.jetstream)
+            .await
+            .map_err(|e| setup(e.to_string()))?;
+        let stream = self
+            .jetstream
+            .get_stream(crate::events::EVENTS_STREAM)
+            .await
+            .map_err(|e| setup(e.to_string()))?;
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                filter_subject: E::SUBJECT.to_owned(),
+                deliver_policy: DeliverPolicy::New,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| setup(e.to_string()))?;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| setup(e.to_string()))?;
+        let payloads = messages.map(|m| m.map(|m| m.payload.clone()).map_err(|e| e.to_string()));
+        Ok(EventStream::new(payloads.boxed()))
     }
+}
+
+/// Why [`Bus::watch`] could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot watch {subject}: {reason}")]
+pub struct WatchSetupError {
+    pub subject: &'static str,
+    pub reason: String,
 }
 
 /// A NATS connection whose end can be awaited.

@@ -17,7 +17,7 @@ use std::fmt;
 use async_nats::HeaderMap;
 
 /// The structured error a request handler replies with.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub struct ServiceError {
     /// HTTP-like status: 400 bad input, 404 not found, 409 conflict,
     /// 500 internal, 503 unavailable or shutting down.
@@ -160,9 +160,10 @@ impl RequestError {
 }
 
 impl From<PublishError> for ServiceError {
-    /// The state change happened but its event is not out: an internal failure.
+    /// The event is not stored yet: worth retrying (the handler is idempotent
+    /// and the event keeps its id), so `503 unavailable`.
     fn from(err: PublishError) -> Self {
-        ServiceError::new(500, "event_not_published", err.to_string())
+        ServiceError::unavailable(err.to_string())
     }
 }
 
@@ -188,10 +189,10 @@ pub enum PublishError {
         subject: &'static str,
         source: serde_json::Error,
     },
-    #[error("publishing on {subject} failed: {source}")]
-    Transport {
+    #[error("publishing on {subject} failed: {reason}")]
+    Stream {
         subject: &'static str,
-        source: async_nats::PublishError,
+        reason: String,
     },
 }
 
@@ -218,11 +219,17 @@ pub enum RegisterError {
         subject: &'static str,
         source: async_nats::Error,
     },
-    #[error("subscribing to {subject} failed: {source}")]
+    #[error("subscribing to {subject} failed: {reason}")]
     Subscribe {
         subject: &'static str,
-        source: async_nats::SubscribeError,
+        reason: String,
     },
+    #[error("the event stream cannot be set up: {0}")]
+    Stream(String),
+    #[error("state store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("invalid configuration: {0}")]
+    Config(String),
 }
 
 /// Why draining the connection did not complete.

@@ -10,6 +10,39 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::contract::Event;
+use crate::error::RegisterError;
+
+/// The JetStream stream that stores every domain event (`events.>`).
+pub const EVENTS_STREAM: &str = "EVENTS";
+
+/// How long the stream remembers event ids to drop duplicate publishes.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// How long events are kept in the stream.
+pub const EVENTS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Creates the event stream, or brings its configuration up to date: safe to
+/// call from every module at every start.
+pub async fn ensure_stream(
+    jetstream: &async_nats::jetstream::Context,
+) -> Result<(), RegisterError> {
+    use async_nats::jetstream::stream;
+    let config = stream::Config {
+        name: EVENTS_STREAM.to_owned(),
+        description: Some("Domain events of the modular monolith".to_owned()),
+        subjects: vec!["events.>".to_owned()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        duplicate_window: DUPLICATE_WINDOW,
+        max_age: EVENTS_MAX_AGE,
+        ..Default::default()
+    };
+    jetstream
+        .create_or_update_stream(config)
+        .await
+        .map_err(|err| RegisterError::Stream(format!("{EVENTS_STREAM}: {err}")))?;
+    Ok(())
+}
 
 /// The identity of one published event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +88,11 @@ pub enum WatchError {
     },
     #[error("the subscription to {subject} ended")]
     Ended { subject: &'static str },
+    #[error("reading {subject} events failed: {reason}")]
+    Interrupted {
+        subject: &'static str,
+        reason: String,
+    },
     #[error("undecodable {subject} event: {source}")]
     Decode {
         subject: &'static str,
@@ -62,16 +100,21 @@ pub enum WatchError {
     },
 }
 
-/// Typed events from a plain subscription (see [`crate::Bus::watch`]).
+/// Typed events read from the event stream (see [`crate::Bus::watch`]).
+///
+/// Reads what the stream *stored*, so a duplicate publish (same event id
+/// within the duplicate window) is seen once, as every consumer sees it.
 pub struct EventStream<E> {
-    subscriber: async_nats::Subscriber,
+    messages: futures::stream::BoxStream<'static, Result<bytes::Bytes, String>>,
     _event: std::marker::PhantomData<fn() -> E>,
 }
 
 impl<E: Event> EventStream<E> {
-    pub(crate) fn new(subscriber: async_nats::Subscriber) -> Self {
+    pub(crate) fn new(
+        messages: futures::stream::BoxStream<'static, Result<bytes::Bytes, String>>,
+    ) -> Self {
         Self {
-            subscriber,
+            messages,
             _event: std::marker::PhantomData,
         }
     }
@@ -80,11 +123,12 @@ impl<E: Event> EventStream<E> {
     pub async fn next_within(&mut self, timeout: Duration) -> Result<Delivered<E>, WatchError> {
         use futures::StreamExt;
         let subject = E::SUBJECT;
-        let message = tokio::time::timeout(timeout, self.subscriber.next())
+        let payload = tokio::time::timeout(timeout, self.messages.next())
             .await
             .map_err(|_| WatchError::Timeout { subject, timeout })?
-            .ok_or(WatchError::Ended { subject })?;
-        Delivered::decode(&message.payload).map_err(|source| WatchError::Decode { subject, source })
+            .ok_or(WatchError::Ended { subject })?
+            .map_err(|reason| WatchError::Interrupted { subject, reason })?;
+        Delivered::decode(&payload).map_err(|source| WatchError::Decode { subject, source })
     }
 
     /// The first event that satisfies `wanted`, waiting at most `timeout` in all.

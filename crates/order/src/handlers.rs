@@ -1,5 +1,5 @@
 //! The order module's handlers: requests first, then the events that move an
-//! order along its lifecycle.
+//! order along its lifecycle, then the recovery sweep run at start.
 
 use std::sync::Arc;
 
@@ -10,15 +10,25 @@ use messaging_core::contract::{
 };
 use messaging_core::{Context, RequestError, ServiceError};
 
-use crate::state::{Orders, Transition, TransitionError};
+use crate::state::{OrderRecord, Orders, Transition, TransitionError};
 
 /// `order.create`: the user must exist and the product module must reserve
 /// the stock; only then is the order kept, as `pending`.
+///
+/// With an `Idempotency-Key` the order id is derived from the key, so a retry
+/// (even one that takes over from an attempt that died halfway) finds or
+/// completes the same order instead of placing a second one.
 pub async fn place_order(
     orders: Arc<Orders>,
     ctx: Context,
     request: PlaceOrder,
 ) -> Result<Order, ServiceError> {
+    let id = OrderId(ctx.derive_id("order"));
+    if let Some(existing) = orders.get(id).await? {
+        announce_created(&ctx, &existing.order).await?;
+        return Ok(existing.order);
+    }
+
     ctx.request(&GetUser {
         id: request.user_id,
     })
@@ -32,7 +42,7 @@ pub async fn place_order(
     })?;
 
     let order = Order {
-        id: OrderId::new(),
+        id,
         user_id: request.user_id,
         product_id: request.product_id,
         quantity: request.quantity,
@@ -54,12 +64,18 @@ pub async fn place_order(
         other => ServiceError::from(other),
     })?;
 
-    orders.insert(order.clone());
-    ctx.publish(&OrderCreated {
-        order: order.clone(),
-    })
-    .await?;
+    let order = orders.insert(order).await?;
+    announce_created(&ctx, &order).await?;
     Ok(order)
+}
+
+async fn announce_created(ctx: &Context, order: &Order) -> Result<(), ServiceError> {
+    let event = OrderCreated {
+        order: order.clone(),
+    };
+    ctx.publish_fact(&event, &fact(order.id, OrderStatus::Pending))
+        .await?;
+    Ok(())
 }
 
 /// `order.get`: `404 not_found` for an unknown id.
@@ -68,7 +84,10 @@ pub async fn get_order(
     _ctx: Context,
     request: GetOrder,
 ) -> Result<Order, ServiceError> {
-    orders.get(request.id).ok_or_else(|| not_found(request.id))
+    match orders.get(request.id).await? {
+        Some(record) => Ok(record.order),
+        None => Err(not_found(request.id)),
+    }
 }
 
 /// `order.cancel`: only a pending order; its reservation is then released by
@@ -78,10 +97,7 @@ pub async fn cancel_order(
     ctx: Context,
     request: CancelOrder,
 ) -> Result<Order, ServiceError> {
-    advance(&orders, &ctx, request.id, OrderStatus::Cancelled, |order| {
-        OrderCancelled { order }
-    })
-    .await
+    advance(&orders, &ctx, request.id, OrderStatus::Cancelled, None).await
 }
 
 /// `events.payment.success`: `pending -> paid`.
@@ -91,10 +107,7 @@ pub async fn payment_succeeded(
     event: PaymentSucceeded,
 ) -> Result<(), ServiceError> {
     let order_id = event.payment.order_id;
-    advance(&orders, &ctx, order_id, OrderStatus::Paid, |order| {
-        OrderPaid { order }
-    })
-    .await?;
+    advance(&orders, &ctx, order_id, OrderStatus::Paid, None).await?;
     Ok(())
 }
 
@@ -106,10 +119,13 @@ pub async fn payment_failed(
     event: PaymentFailed,
 ) -> Result<(), ServiceError> {
     let order_id = event.payment.order_id;
-    let reason = event.reason;
-    advance(&orders, &ctx, order_id, OrderStatus::Failed, |order| {
-        OrderFailed { order, reason }
-    })
+    advance(
+        &orders,
+        &ctx,
+        order_id,
+        OrderStatus::Failed,
+        Some(&event.reason),
+    )
     .await?;
     Ok(())
 }
@@ -123,43 +139,90 @@ pub async fn stock_updated(
     if event.change != StockChange::Committed {
         return Ok(());
     }
-    advance(
-        &orders,
-        &ctx,
-        event.order_id,
-        OrderStatus::Fulfilled,
-        |order| OrderFulfilled { order },
-    )
-    .await?;
+    advance(&orders, &ctx, event.order_id, OrderStatus::Fulfilled, None).await?;
     Ok(())
 }
 
 /// Moves an order to `to` and publishes the event of that transition.
 ///
-/// A transition that already happened is a no-op (duplicates have one
-/// effect); an illegal one is a `409 invalid_transition`, never an overwrite.
-async fn advance<E: Event>(
+/// A transition that already happened changes nothing but is announced
+/// again: if the process died between storing it and publishing its event,
+/// this redelivery is what gets the event out (same fact, same event id, so
+/// the stream drops a repeat). An illegal transition is a
+/// `409 invalid_transition`, never an overwrite.
+async fn advance(
     orders: &Orders,
     ctx: &Context,
     id: OrderId,
     to: OrderStatus,
-    event: impl FnOnce(Order) -> E,
+    reason: Option<&str>,
 ) -> Result<Order, ServiceError> {
-    match orders.transition(id, to) {
-        Ok(Transition::Applied(order)) => {
-            ctx.publish(&event(order.clone())).await?;
-            Ok(order)
-        }
-        Ok(Transition::AlreadyDone(order)) => {
+    let record = match orders.transition(id, to, reason).await {
+        Ok(Transition::Applied(record)) => record,
+        Ok(Transition::AlreadyDone(record)) => {
             tracing::debug!(order_id = %id, %to, "transition already applied");
-            Ok(order)
+            record
         }
-        Err(TransitionError::UnknownOrder) => Err(not_found(id)),
-        Err(TransitionError::Illegal { from }) => Err(ServiceError::conflict(
-            "invalid_transition",
-            format!("order {id} is {from} and cannot become {to}"),
-        )),
+        Err(TransitionError::UnknownOrder) => return Err(not_found(id)),
+        Err(TransitionError::Illegal { from }) => {
+            return Err(ServiceError::conflict(
+                "invalid_transition",
+                format!("order {id} is {from} and cannot become {to}"),
+            ))
+        }
+        Err(TransitionError::Store(err)) => return Err(err.into()),
+    };
+    announce(ctx, &record, to).await?;
+    Ok(record.order)
+}
+
+/// Publishes the event of `record` having reached `status`.
+async fn announce(
+    ctx: &Context,
+    record: &OrderRecord,
+    status: OrderStatus,
+) -> Result<(), ServiceError> {
+    let order = record.order.clone();
+    let fact = fact(order.id, status);
+    match status {
+        OrderStatus::Pending => publish(ctx, &OrderCreated { order }, &fact).await,
+        OrderStatus::Paid => publish(ctx, &OrderPaid { order }, &fact).await,
+        OrderStatus::Fulfilled => publish(ctx, &OrderFulfilled { order }, &fact).await,
+        OrderStatus::Cancelled => publish(ctx, &OrderCancelled { order }, &fact).await,
+        OrderStatus::Failed => {
+            let reason = record.reason.clone().unwrap_or_default();
+            publish(ctx, &OrderFailed { order, reason }, &fact).await
+        }
     }
+}
+
+async fn publish<E: Event>(ctx: &Context, event: &E, fact: &str) -> Result<(), ServiceError> {
+    ctx.publish_fact(event, fact).await?;
+    Ok(())
+}
+
+/// The fact "order `id` reached `status`": one event id per transition.
+fn fact(id: OrderId, status: OrderStatus) -> String {
+    format!("order/{id}/{status}")
+}
+
+/// Re-announces every unfinished order at start: whatever the process did not
+/// get out before it stopped (or crashed) goes out now. Each announcement is
+/// the same fact as before, so nothing happens twice.
+pub async fn recover(orders: &Orders, ctx: &Context) -> Result<usize, ServiceError> {
+    let mut announced = 0;
+    for id in orders.ids().await? {
+        let Some(record) = orders.get(id).await? else {
+            continue;
+        };
+        if record.order.status == OrderStatus::Fulfilled {
+            continue;
+        }
+        let ctx = Context::in_flow(ctx.bus().clone(), ctx.correlation_id());
+        announce(&ctx, &record, record.order.status).await?;
+        announced += 1;
+    }
+    Ok(announced)
 }
 
 fn not_found(id: OrderId) -> ServiceError {

@@ -19,7 +19,7 @@ mod state;
 
 use std::sync::Arc;
 
-use messaging_core::{Bus, Module, ModuleHandle, ModuleSpec, RegisterError};
+use messaging_core::{Bus, Module, ModuleHandle, ModuleSpec, RegisterError, Storage};
 
 pub use state::Orders;
 
@@ -30,9 +30,27 @@ pub const SPEC: ModuleSpec = ModuleSpec {
     description: "Orders: placement and lifecycle",
 };
 
-/// Starts serving the order module on `client`.
+/// Starts serving the order module on `client`, its state in the `orders` bucket.
 pub async fn register(client: async_nats::Client) -> Result<ModuleHandle, RegisterError> {
-    let mut module = Module::start(Bus::new(client), SPEC, Arc::new(Orders::default())).await?;
+    register_with(client, Storage::Durable).await
+}
+
+/// Starts serving the order module with its state kept as `storage` says.
+///
+/// Before serving, re-announces the orders that are not finished, so a
+/// restart resumes where the last run stopped.
+pub async fn register_with(
+    client: async_nats::Client,
+    storage: Storage,
+) -> Result<ModuleHandle, RegisterError> {
+    let orders = Arc::new(Orders::open(&client, storage).await?);
+    let mut module = Module::start(Bus::new(client), SPEC, orders.clone(), storage).await?;
+    let resumed = handlers::recover(&orders, &module.context())
+        .await
+        .map_err(|err| RegisterError::Stream(format!("resuming orders: {err}")))?;
+    if resumed > 0 {
+        tracing::info!(resumed, "unfinished orders resumed");
+    }
     module.serve(handlers::place_order).await?;
     module.serve(handlers::get_order).await?;
     module.serve(handlers::cancel_order).await?;

@@ -1,63 +1,127 @@
-//! The order module's state: every order and its status.
+//! The order module's state: the `orders` table, each order with its status.
 //!
 //! Status changes go through [`Orders::transition`], which enforces the
-//! lifecycle of [`OrderStatus::can_become`] under the lock, so two concurrent
-//! events can never both move the same order.
-
-use std::collections::HashMap;
-use std::sync::Mutex;
+//! lifecycle of [`OrderStatus::can_become`] with compare-and-set, so two
+//! concurrent events (in one process or in several) can never both move the
+//! same order, and none is silently overwritten.
 
 use messaging_core::contract::{Order, OrderId, OrderStatus};
+use messaging_core::store::{Change, Storage, StoreError, Table};
+use serde::{Deserialize, Serialize};
 
-/// All orders, by id.
-#[derive(Debug, Default)]
-pub struct Orders {
-    // A std mutex: never held across an await.
-    by_id: Mutex<HashMap<OrderId, Order>>,
+/// An order as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderRecord {
+    pub order: Order,
+    /// Why the order failed, once it has.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// The result of a legal transition request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transition {
     /// The status changed; the order as it is now.
-    Applied(Order),
+    Applied(OrderRecord),
     /// The order had already reached that status (or gone past it): nothing changed.
-    AlreadyDone(Order),
+    AlreadyDone(OrderRecord),
 }
 
 /// Why a transition was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum TransitionError {
     UnknownOrder,
     Illegal { from: OrderStatus },
+    Store(StoreError),
+}
+
+impl From<StoreError> for TransitionError {
+    fn from(err: StoreError) -> Self {
+        TransitionError::Store(err)
+    }
+}
+
+/// All orders.
+pub struct Orders {
+    table: Table<OrderRecord>,
 }
 
 impl Orders {
-    pub fn insert(&self, order: Order) {
-        self.lock().insert(order.id, order);
+    pub async fn open(client: &async_nats::Client, storage: Storage) -> Result<Self, StoreError> {
+        Ok(Self {
+            table: Table::open(client, storage, "orders", None).await?,
+        })
     }
 
-    pub fn get(&self, id: OrderId) -> Option<Order> {
-        self.lock().get(&id).cloned()
+    /// Orders in memory (for unit tests).
+    pub fn in_memory() -> Self {
+        Self {
+            table: Table::in_memory(),
+        }
+    }
+
+    /// Stores a new order; if its id exists (a retried request), returns the
+    /// stored one.
+    pub async fn insert(&self, order: Order) -> Result<Order, StoreError> {
+        let record = OrderRecord {
+            order,
+            reason: None,
+        };
+        match self
+            .table
+            .create(&record.order.id.to_string(), &record)
+            .await
+        {
+            Ok(_) => Ok(record.order),
+            Err(StoreError::Exists(_)) => Ok(self
+                .get(record.order.id)
+                .await?
+                .map(|r| r.order)
+                .unwrap_or(record.order)),
+            Err(err) => Err(err),
+        }
+    }
+
+    pub async fn get(&self, id: OrderId) -> Result<Option<OrderRecord>, StoreError> {
+        Ok(self.table.get(&id.to_string()).await?.map(|v| v.value))
+    }
+
+    /// Every order id (for the recovery sweep at start).
+    pub async fn ids(&self) -> Result<Vec<OrderId>, StoreError> {
+        Ok(self
+            .table
+            .keys()
+            .await?
+            .iter()
+            .filter_map(|k| k.parse().ok().map(OrderId))
+            .collect())
     }
 
     /// Moves order `id` to `to` if the lifecycle allows it.
-    pub fn transition(&self, id: OrderId, to: OrderStatus) -> Result<Transition, TransitionError> {
-        let mut orders = self.lock();
-        let order = orders.get_mut(&id).ok_or(TransitionError::UnknownOrder)?;
-        let from = order.status;
-        if already_reached(from, to) {
-            return Ok(Transition::AlreadyDone(order.clone()));
-        }
-        if !from.can_become(to) {
-            return Err(TransitionError::Illegal { from });
-        }
-        order.status = to;
-        Ok(Transition::Applied(order.clone()))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<OrderId, Order>> {
-        self.by_id.lock().expect("orders lock")
+    pub async fn transition(
+        &self,
+        id: OrderId,
+        to: OrderStatus,
+        reason: Option<&str>,
+    ) -> Result<Transition, TransitionError> {
+        self.table
+            .modify(&id.to_string(), |record| {
+                let record = record.ok_or(TransitionError::UnknownOrder)?;
+                let from = record.order.status;
+                if already_reached(from, to) {
+                    return Ok(Change::Keep(Transition::AlreadyDone(record.clone())));
+                }
+                if !from.can_become(to) {
+                    return Err(TransitionError::Illegal { from });
+                }
+                let mut next = record.clone();
+                next.order.status = to;
+                if let Some(reason) = reason {
+                    next.reason = Some(reason.to_owned());
+                }
+                Ok(Change::Write(next.clone(), Transition::Applied(next)))
+            })
+            .await
     }
 }
 
@@ -71,41 +135,54 @@ mod tests {
     use super::*;
     use messaging_core::contract::{ProductId, Quantity, UserId};
 
-    #[test]
-    fn transitions_follow_the_lifecycle_and_repeat_harmlessly() {
-        let orders = Orders::default();
+    fn status(
+        t: Result<Transition, TransitionError>,
+    ) -> Result<(&'static str, OrderStatus), String> {
+        match t {
+            Ok(Transition::Applied(r)) => Ok(("applied", r.order.status)),
+            Ok(Transition::AlreadyDone(r)) => Ok(("already", r.order.status)),
+            Err(TransitionError::Illegal { from }) => Err(format!("illegal from {from}")),
+            Err(TransitionError::UnknownOrder) => Err("unknown".into()),
+            Err(TransitionError::Store(e)) => Err(e.to_string()),
+        }
+    }
+
+    #[tokio::test]
+    async fn transitions_follow_the_lifecycle_and_repeat_harmlessly() {
+        use OrderStatus::*;
+        let orders = Orders::in_memory();
         let order = Order {
             id: OrderId::new(),
             user_id: UserId::new(),
             product_id: ProductId::new(),
             quantity: Quantity::new(1).unwrap(),
-            status: OrderStatus::Pending,
+            status: Pending,
         };
-        orders.insert(order.clone());
-        assert!(
-            matches!(orders.transition(order.id, OrderStatus::Paid), Ok(Transition::Applied(o)) if o.status == OrderStatus::Paid)
-        );
-        assert!(matches!(
-            orders.transition(order.id, OrderStatus::Paid),
-            Ok(Transition::AlreadyDone(_))
-        ));
+        orders.insert(order.clone()).await.unwrap();
+        let id = order.id;
         assert_eq!(
-            orders.transition(order.id, OrderStatus::Cancelled),
-            Err(TransitionError::Illegal {
-                from: OrderStatus::Paid
-            })
+            status(orders.transition(id, Paid, None).await),
+            Ok(("applied", Paid))
         );
-        assert!(matches!(
-            orders.transition(order.id, OrderStatus::Fulfilled),
-            Ok(Transition::Applied(_))
-        ));
-        assert!(matches!(
-            orders.transition(order.id, OrderStatus::Paid),
-            Ok(Transition::AlreadyDone(_))
-        ));
         assert_eq!(
-            orders.transition(OrderId::new(), OrderStatus::Paid),
-            Err(TransitionError::UnknownOrder)
+            status(orders.transition(id, Paid, None).await),
+            Ok(("already", Paid))
+        );
+        assert_eq!(
+            status(orders.transition(id, Cancelled, None).await),
+            Err("illegal from paid".into())
+        );
+        assert_eq!(
+            status(orders.transition(id, Fulfilled, None).await),
+            Ok(("applied", Fulfilled))
+        );
+        assert_eq!(
+            status(orders.transition(id, Paid, None).await),
+            Ok(("already", Fulfilled))
+        );
+        assert_eq!(
+            status(orders.transition(OrderId::new(), Paid, None).await),
+            Err("unknown".into())
         );
     }
 }

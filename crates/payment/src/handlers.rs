@@ -2,35 +2,50 @@
 
 use std::sync::Arc;
 
-use messaging_core::contract::{OrderCreated, PaymentFailed, PaymentSucceeded};
+use messaging_core::contract::{OrderCreated, Payment, PaymentFailed, PaymentId, PaymentSucceeded};
 use messaging_core::{Context, ServiceError};
 
-use crate::state::{Outcome, Payments};
+use crate::state::{Outcome, PaymentRecord, Payments};
 
 /// `events.order.created`: takes the payment and announces the outcome.
 ///
 /// Each event runs in its own task (see `messaging_core::Module::on_event`),
-/// so the delay of one payment does not hold up the others.
+/// so the delay of one payment does not hold up the others. An order whose
+/// payment was already taken is not charged again: its outcome is announced
+/// again instead (the same fact, so the same event id), which is what a
+/// redelivery after a crash needs.
 pub async fn order_created(
     payments: Arc<Payments>,
     ctx: Context,
     event: OrderCreated,
 ) -> Result<(), ServiceError> {
     let order = event.order;
-    let Some(payment) = payments.claim(order.id) else {
-        tracing::debug!(order_id = %order.id, "duplicate order.created ignored");
-        return Ok(());
+    let record = match payments.get(order.id).await? {
+        Some(record) => {
+            tracing::debug!(order_id = %order.id, "payment already taken; announcing it again");
+            record
+        }
+        None => {
+            tokio::time::sleep(payments.config().delay).await;
+            let payment = Payment {
+                id: PaymentId(ctx.derive_id("payment")),
+                order_id: order.id,
+            };
+            let outcome = payments.decide(&order);
+            payments.record(PaymentRecord { payment, outcome }).await?
+        }
     };
-    tokio::time::sleep(payments.config().delay).await;
-    match payments.decide(&order) {
-        Ok(()) => {
-            payments.record(order.id, Outcome::Succeeded);
-            ctx.publish(&PaymentSucceeded { payment }).await?;
+    let fact = format!("payment/{}", order.id);
+    let payment = record.payment;
+    match record.outcome {
+        Outcome::Succeeded => {
+            ctx.publish_fact(&PaymentSucceeded { payment }, &fact)
+                .await?
         }
-        Err(reason) => {
-            payments.record(order.id, Outcome::Declined(reason.clone()));
-            ctx.publish(&PaymentFailed { payment, reason }).await?;
+        Outcome::Declined { reason } => {
+            ctx.publish_fact(&PaymentFailed { payment, reason }, &fact)
+                .await?
         }
-    }
+    };
     Ok(())
 }

@@ -17,7 +17,7 @@ mod state;
 
 use std::sync::Arc;
 
-use messaging_core::{Bus, Module, ModuleHandle, ModuleSpec, RegisterError};
+use messaging_core::{Bus, Module, ModuleHandle, ModuleSpec, RegisterError, Storage};
 
 pub use config::{ConfigError, PaymentConfig};
 pub use state::Payments;
@@ -29,13 +29,25 @@ pub const SPEC: ModuleSpec = ModuleSpec {
     description: "Payments: simulated card payments for new orders",
 };
 
-/// Starts serving the payment module on `client`.
+/// Starts serving the payment module on `client`, its state in the `payments` bucket.
 pub async fn register(
     client: async_nats::Client,
     config: PaymentConfig,
 ) -> Result<ModuleHandle, RegisterError> {
-    let payments = Arc::new(Payments::new(config));
-    let mut module = Module::start(Bus::new(client), SPEC, payments).await?;
+    register_with(client, config, Storage::Durable).await
+}
+
+/// Starts serving the payment module with its state kept as `storage` says.
+pub async fn register_with(
+    client: async_nats::Client,
+    config: PaymentConfig,
+    storage: Storage,
+) -> Result<ModuleHandle, RegisterError> {
+    config
+        .validate()
+        .map_err(|err| RegisterError::Config(err.to_string()))?;
+    let payments = Arc::new(Payments::open(&client, storage, config).await?);
+    let mut module = Module::start(Bus::new(client), SPEC, payments, storage).await?;
     module.on_event(handlers::order_created).await?;
     Ok(module.running())
 }

@@ -1,98 +1,103 @@
-//! The payment module's state: one payment per order, and the source of
-//! simulated declines.
+//! The payment module's state: the `payments` table, one payment per order,
+//! and the source of simulated declines.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
-use messaging_core::contract::{Order, OrderId, Payment, PaymentId};
+use messaging_core::contract::{Order, OrderId, Payment};
+use messaging_core::store::{Storage, StoreError, Table};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
 
 use crate::config::PaymentConfig;
 
-/// What happened to an order's payment.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How an order's payment ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Outcome {
-    /// Being processed.
-    InProgress,
     Succeeded,
-    Declined(String),
+    Declined { reason: String },
+}
+
+/// A payment as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRecord {
+    pub payment: Payment,
+    pub outcome: Outcome,
 }
 
 /// All payments, by order.
-#[derive(Debug)]
 pub struct Payments {
     config: PaymentConfig,
-    // Std mutexes: never held across an await.
-    by_order: Mutex<HashMap<OrderId, (Payment, Outcome)>>,
+    table: Table<PaymentRecord>,
+    // A std mutex: never held across an await.
     rng: Mutex<StdRng>,
 }
 
 impl Payments {
-    pub fn new(config: PaymentConfig) -> Self {
+    pub async fn open(
+        client: &async_nats::Client,
+        storage: Storage,
+        config: PaymentConfig,
+    ) -> Result<Self, StoreError> {
         let rng = match config.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_entropy(),
         };
-        Self {
+        Ok(Self {
             config,
-            by_order: Mutex::new(HashMap::new()),
+            table: Table::open(client, storage, "payments", None).await?,
             rng: Mutex::new(rng),
-        }
+        })
     }
 
     pub fn config(&self) -> &PaymentConfig {
         &self.config
     }
 
-    /// Claims the payment of `order_id`; `None` if it was claimed before
-    /// (a duplicated event), so each order is charged once.
-    pub fn claim(&self, order_id: OrderId) -> Option<Payment> {
-        let mut payments = self.by_order.lock().expect("payments lock");
-        if payments.contains_key(&order_id) {
-            return None;
-        }
-        let payment = Payment {
-            id: PaymentId::new(),
-            order_id,
-        };
-        payments.insert(order_id, (payment.clone(), Outcome::InProgress));
-        Some(payment)
+    /// The payment of an order, if it was taken.
+    pub async fn get(&self, order_id: OrderId) -> Result<Option<PaymentRecord>, StoreError> {
+        Ok(self
+            .table
+            .get(&order_id.to_string())
+            .await?
+            .map(|v| v.value))
     }
 
-    /// Decides the payment of `order`: `Err(reason)` if declined.
-    pub fn decide(&self, order: &Order) -> Result<(), String> {
+    /// Decides the payment of `order`: declined if over the card limit, or
+    /// by chance.
+    pub fn decide(&self, order: &Order) -> Outcome {
         if order.quantity.get() > self.config.limit {
-            return Err(format!(
-                "amount over the card limit: {} items, limit {}",
-                order.quantity, self.config.limit
-            ));
+            return Outcome::Declined {
+                reason: format!(
+                    "amount over the card limit: {} items, limit {}",
+                    order.quantity, self.config.limit
+                ),
+            };
         }
         let draw: f64 = self.rng.lock().expect("rng lock").gen();
         if draw < self.config.failure_rate {
-            return Err("card declined by the issuer".to_owned());
+            return Outcome::Declined {
+                reason: "card declined by the issuer".to_owned(),
+            };
         }
-        Ok(())
+        Outcome::Succeeded
     }
 
-    /// Records the outcome of a claimed payment.
-    pub fn record(&self, order_id: OrderId, outcome: Outcome) {
-        if let Some(entry) = self
-            .by_order
-            .lock()
-            .expect("payments lock")
-            .get_mut(&order_id)
-        {
-            entry.1 = outcome;
+    /// Records the payment of an order; the first record wins, so an order is
+    /// charged once however many times its event arrives. Returns the record
+    /// that is stored.
+    pub async fn record(&self, record: PaymentRecord) -> Result<PaymentRecord, StoreError> {
+        let key = record.payment.order_id.to_string();
+        match self.table.create(&key, &record).await {
+            Ok(_) => Ok(record),
+            Err(StoreError::Exists(_)) => Ok(self
+                .table
+                .get(&key)
+                .await?
+                .map(|v| v.value)
+                .unwrap_or(record)),
+            Err(err) => Err(err),
         }
-    }
-
-    /// The payment of an order and its outcome, if any.
-    pub fn get(&self, order_id: OrderId) -> Option<(Payment, Outcome)> {
-        self.by_order
-            .lock()
-            .expect("payments lock")
-            .get(&order_id)
-            .cloned()
     }
 }

@@ -3,12 +3,12 @@
 use std::sync::Arc;
 
 use messaging_core::contract::{
-    CreateProduct, GetProduct, OrderCancelled, OrderFailed, OrderId, OrderPaid, Product,
-    ProductCreated, Reservation, ReserveStock, StockChange, StockUpdated,
+    CreateProduct, GetProduct, Order, OrderCancelled, OrderFailed, OrderPaid, Product,
+    ProductCreated, ProductId, Reservation, ReserveStock, StockChange, StockUpdated,
 };
 use messaging_core::{Context, ServiceError};
 
-use crate::state::{Catalogue, ReserveError, SettleError, Settled};
+use crate::state::{Catalogue, ReserveError, Settled, Settlement};
 
 /// `product.create`: name and positive stock were parsed while decoding.
 pub async fn create_product(
@@ -16,11 +16,13 @@ pub async fn create_product(
     ctx: Context,
     request: CreateProduct,
 ) -> Result<Product, ServiceError> {
-    let product = catalogue.create(request.name, request.stock);
-    ctx.publish(&ProductCreated {
+    let id = ProductId(ctx.derive_id("product"));
+    let product = catalogue.create(id, request.name, request.stock).await?;
+    let fact = format!("product/{}/created", product.id);
+    let event = ProductCreated {
         product: product.clone(),
-    })
-    .await?;
+    };
+    ctx.publish_fact(&event, &fact).await?;
     Ok(product)
 }
 
@@ -30,7 +32,7 @@ pub async fn get_product(
     _ctx: Context,
     request: GetProduct,
 ) -> Result<Product, ServiceError> {
-    catalogue.get(request.id).ok_or_else(|| {
+    catalogue.get(request.id).await?.ok_or_else(|| {
         ServiceError::not_found(
             "not_found",
             format!("product {} does not exist", request.id),
@@ -46,6 +48,7 @@ pub async fn reserve_stock(
 ) -> Result<Reservation, ServiceError> {
     catalogue
         .reserve(request.order_id, request.product_id, request.quantity)
+        .await
         .map_err(|err| match err {
             ReserveError::UnknownProduct => ServiceError::not_found(
                 "not_found",
@@ -58,13 +61,11 @@ pub async fn reserve_stock(
                     request.product_id, request.quantity
                 ),
             ),
-            ReserveError::OrderAlreadyReserved => ServiceError::conflict(
+            ReserveError::OrderAlreadyReserved(held) => ServiceError::conflict(
                 "reservation_mismatch",
-                format!(
-                    "order {} already holds a different reservation",
-                    request.order_id
-                ),
+                format!("order {} already holds {held}", request.order_id),
             ),
+            ReserveError::Store(err) => ServiceError::unavailable(err.0),
         })
 }
 
@@ -74,8 +75,7 @@ pub async fn order_paid(
     ctx: Context,
     event: OrderPaid,
 ) -> Result<(), ServiceError> {
-    let settled = catalogue.commit(event.order.id);
-    announce(&ctx, event.order.id, StockChange::Committed, settled).await
+    settle(&catalogue, &ctx, &event.order, Settlement::Commit).await
 }
 
 /// `events.order.failed`: the held stock is available again.
@@ -84,8 +84,7 @@ pub async fn order_failed(
     ctx: Context,
     event: OrderFailed,
 ) -> Result<(), ServiceError> {
-    let settled = catalogue.release(event.order.id);
-    announce(&ctx, event.order.id, StockChange::Released, settled).await
+    settle(&catalogue, &ctx, &event.order, Settlement::Release).await
 }
 
 /// `events.order.cancelled`: the held stock is available again.
@@ -94,41 +93,47 @@ pub async fn order_cancelled(
     ctx: Context,
     event: OrderCancelled,
 ) -> Result<(), ServiceError> {
-    let settled = catalogue.release(event.order.id);
-    announce(&ctx, event.order.id, StockChange::Released, settled).await
+    settle(&catalogue, &ctx, &event.order, Settlement::Release).await
 }
 
-/// Publishes the stock change, unless the event was a duplicate.
-async fn announce(
+/// Settles the order's hold and announces the stock change.
+///
+/// The announcement is published even when the hold was settled before (a
+/// redelivered event): if the process died between storing the change and
+/// publishing it, this is where the event goes out. It is the same fact, so
+/// the same event id: the stream drops the repeat.
+async fn settle(
+    catalogue: &Catalogue,
     ctx: &Context,
-    order_id: OrderId,
-    change: StockChange,
-    settled: Result<Settled, SettleError>,
+    order: &Order,
+    how: Settlement,
 ) -> Result<(), ServiceError> {
-    match settled {
-        Ok(Settled::Applied(product)) => {
-            ctx.publish(&StockUpdated {
-                product,
-                order_id,
-                change,
-            })
-            .await?;
-            Ok(())
+    let change = match how {
+        Settlement::Commit => StockChange::Committed,
+        Settlement::Release => StockChange::Released,
+    };
+    let product = match catalogue.settle(order.id, order.product_id, how).await? {
+        Some(Settled::Applied(product)) => product,
+        Some(Settled::AlreadyDone(product)) => {
+            tracing::debug!(order_id = %order.id, ?change, "settlement already applied");
+            product
         }
-        // The same event delivered twice has one effect.
-        Ok(Settled::AlreadyDone) => {
-            tracing::debug!(%order_id, ?change, "duplicate settlement ignored");
-            Ok(())
+        None => {
+            return Err(ServiceError::not_found(
+                "not_found",
+                format!(
+                    "product {} of order {} does not exist",
+                    order.product_id, order.id
+                ),
+            ))
         }
-        Err(SettleError::NoReservation) => Err(ServiceError::not_found(
-            "no_reservation",
-            format!("order {order_id} holds no reservation"),
-        )),
-        Err(SettleError::AlreadySettled(previous)) => Err(ServiceError::conflict(
-            "already_settled",
-            format!(
-                "reservation of order {order_id} was already {previous:?}, cannot be {change:?}"
-            ),
-        )),
-    }
+    };
+    let fact = format!("stock/{}/{change:?}", order.id);
+    let event = StockUpdated {
+        product,
+        order_id: order.id,
+        change,
+    };
+    ctx.publish_fact(&event, &fact).await?;
+    Ok(())
 }

@@ -20,7 +20,7 @@ mod state;
 
 use std::sync::Arc;
 
-use messaging_core::{Bus, Module, ModuleHandle, ModuleSpec, RegisterError};
+use messaging_core::{Bus, Module, ModuleHandle, ModuleSpec, RegisterError, Storage};
 
 pub use state::Catalogue;
 
@@ -31,10 +31,18 @@ pub const SPEC: ModuleSpec = ModuleSpec {
     description: "Products: catalogue, stock and reservations",
 };
 
-/// Starts serving the product module on `client`.
+/// Starts serving the product module on `client`, its state in the `products` bucket.
 pub async fn register(client: async_nats::Client) -> Result<ModuleHandle, RegisterError> {
-    let catalogue = Arc::new(Catalogue::default());
-    let mut module = Module::start(Bus::new(client), SPEC, catalogue).await?;
+    register_with(client, Storage::Durable).await
+}
+
+/// Starts serving the product module with its state kept as `storage` says.
+pub async fn register_with(
+    client: async_nats::Client,
+    storage: Storage,
+) -> Result<ModuleHandle, RegisterError> {
+    let catalogue = Arc::new(Catalogue::open(&client, storage).await?);
+    let mut module = Module::start(Bus::new(client), SPEC, catalogue, storage).await?;
     module.serve(handlers::create_product).await?;
     module.serve(handlers::get_product).await?;
     module.serve(handlers::reserve_stock).await?;

@@ -1,186 +1,194 @@
-//! The product module's state: stock on hand, and the reservations held
-//! against it.
+//! The product module's state: the `products` table. Each product record
+//! holds its stock on hand and the reservations (holds) of pending orders.
 //!
-//! Invariants, kept under one lock so that every check-and-change is atomic:
-//! * `reserved <= on_hand` for every product, so `available = on_hand - reserved`
-//!   never goes negative and concurrent orders never oversell;
-//! * a reservation is settled once: `held -> committed` (on_hand and reserved
-//!   both drop) or `held -> released` (reserved drops); settling it again is a
-//!   no-op, which makes duplicated events harmless.
+//! Invariants, kept by writing each record with compare-and-set (so they
+//! hold across concurrent handlers and across instances of the module):
+//! * the holds never exceed the stock on hand, so `available = on_hand -
+//!   held` never goes negative and concurrent orders never oversell;
+//! * a hold is settled once: committing removes it and takes its quantity
+//!   off the stock on hand, releasing only removes it. Settling an order with
+//!   no hold changes nothing, which makes duplicated events harmless.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::BTreeMap;
 
 use messaging_core::contract::{Name, OrderId, Product, ProductId, Quantity, Reservation};
+use messaging_core::store::{Change, Storage, StoreError, Table};
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug)]
-struct Stock {
-    name: Name,
-    on_hand: u32,
-    reserved: u32,
+/// A product as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProductRecord {
+    pub id: ProductId,
+    pub name: Name,
+    pub on_hand: u32,
+    /// Quantity held for each pending order.
+    pub holds: BTreeMap<OrderId, u32>,
 }
 
-/// What became of a reservation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReservationState {
-    Held,
-    Committed,
-    Released,
-}
+impl ProductRecord {
+    fn held(&self) -> u32 {
+        self.holds.values().sum()
+    }
 
-#[derive(Debug)]
-struct Held {
-    product_id: ProductId,
-    quantity: Quantity,
-    state: ReservationState,
-}
-
-#[derive(Debug, Default)]
-struct Inner {
-    products: HashMap<ProductId, Stock>,
-    reservations: HashMap<OrderId, Held>,
+    /// The product as the contract shows it.
+    pub fn view(&self) -> Product {
+        Product {
+            id: self.id,
+            name: self.name.clone(),
+            stock: self.on_hand,
+            available: self.on_hand - self.held(),
+        }
+    }
 }
 
 /// Why a reservation was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReserveError {
+    #[error("unknown product")]
     UnknownProduct,
-    InsufficientStock {
-        available: u32,
-    },
-    /// The order already reserved something else (another product or quantity).
-    OrderAlreadyReserved,
+    #[error("{available} available")]
+    InsufficientStock { available: u32 },
+    /// The order already holds a different quantity.
+    #[error("the order already holds {0}")]
+    OrderAlreadyReserved(u32),
+    #[error(transparent)]
+    Store(#[from] StoreErrorText),
 }
 
-/// Why a reservation could not be committed or released.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SettleError {
-    NoReservation,
-    /// Committing a released reservation, or releasing a committed one.
-    AlreadySettled(ReservationState),
+/// A store failure, kept as text so that errors stay comparable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreErrorText(pub String);
+
+impl From<StoreError> for ReserveError {
+    fn from(err: StoreError) -> Self {
+        ReserveError::Store(StoreErrorText(err.to_string()))
+    }
 }
 
-/// The outcome of settling a reservation.
+/// How a reservation ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// The order was paid: its held items leave the stock on hand.
+    Commit,
+    /// The order will not be paid: its held items are available again.
+    Release,
+}
+
+/// The outcome of settling an order's reservation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settled {
-    /// The stock changed; the product's new state.
+    /// The stock changed; the product as it is now.
     Applied(Product),
-    /// It had already been settled the same way: nothing changed.
-    AlreadyDone,
+    /// The order held nothing (already settled): nothing changed.
+    AlreadyDone(Product),
 }
 
-/// All products and reservations.
-#[derive(Debug, Default)]
+/// All products.
 pub struct Catalogue {
-    // A std mutex: never held across an await, and each operation is short.
-    inner: Mutex<Inner>,
+    table: Table<ProductRecord>,
 }
 
 impl Catalogue {
-    pub fn create(&self, name: Name, stock: Quantity) -> Product {
-        let id = ProductId::new();
-        let stock = Stock {
-            name,
-            on_hand: stock.get(),
-            reserved: 0,
-        };
-        let product = view(id, &stock);
-        self.lock().products.insert(id, stock);
-        product
+    pub async fn open(client: &async_nats::Client, storage: Storage) -> Result<Self, StoreError> {
+        Ok(Self {
+            table: Table::open(client, storage, "products", None).await?,
+        })
     }
 
-    pub fn get(&self, id: ProductId) -> Option<Product> {
-        self.lock().products.get(&id).map(|stock| view(id, stock))
+    /// A catalogue in memory (for unit tests).
+    pub fn in_memory() -> Self {
+        Self {
+            table: Table::in_memory(),
+        }
+    }
+
+    /// Stores a new product; if `id` exists (a retried request), returns it.
+    pub async fn create(
+        &self,
+        id: ProductId,
+        name: Name,
+        stock: Quantity,
+    ) -> Result<Product, StoreError> {
+        let record = ProductRecord {
+            id,
+            name,
+            on_hand: stock.get(),
+            holds: BTreeMap::new(),
+        };
+        match self.table.create(&id.to_string(), &record).await {
+            Ok(_) => Ok(record.view()),
+            Err(StoreError::Exists(_)) => Ok(self.get(id).await?.unwrap_or(record.view())),
+            Err(err) => Err(err),
+        }
+    }
+
+    pub async fn get(&self, id: ProductId) -> Result<Option<Product>, StoreError> {
+        Ok(self
+            .table
+            .get(&id.to_string())
+            .await?
+            .map(|r| r.value.view()))
     }
 
     /// Holds `quantity` of `product_id` for `order_id`, if that much is available.
-    pub fn reserve(
+    pub async fn reserve(
         &self,
         order_id: OrderId,
         product_id: ProductId,
         quantity: Quantity,
     ) -> Result<Reservation, ReserveError> {
-        let mut inner = self.lock();
-        let inner = &mut *inner;
-        let reservation = Reservation {
+        let wanted = quantity.get();
+        self.table
+            .modify(&product_id.to_string(), |record| {
+                let Some(record) = record else {
+                    return Err(ReserveError::UnknownProduct);
+                };
+                match record.holds.get(&order_id) {
+                    // A retried reserve for the same order gets the same answer.
+                    Some(&held) if held == wanted => return Ok(Change::Keep(())),
+                    Some(&held) => return Err(ReserveError::OrderAlreadyReserved(held)),
+                    None => {}
+                }
+                let available = record.on_hand - record.held();
+                if wanted > available {
+                    return Err(ReserveError::InsufficientStock { available });
+                }
+                let mut next = record.clone();
+                next.holds.insert(order_id, wanted);
+                Ok(Change::Write(next, ()))
+            })
+            .await?;
+        Ok(Reservation {
             order_id,
             product_id,
             quantity,
-        };
-        if let Some(existing) = inner.reservations.get(&order_id) {
-            // A retried reserve for the same order gets the same answer.
-            return if existing.product_id == product_id && existing.quantity == quantity {
-                Ok(reservation)
-            } else {
-                Err(ReserveError::OrderAlreadyReserved)
-            };
-        }
-        let stock = inner
-            .products
-            .get_mut(&product_id)
-            .ok_or(ReserveError::UnknownProduct)?;
-        let available = stock.on_hand - stock.reserved;
-        if quantity.get() > available {
-            return Err(ReserveError::InsufficientStock { available });
-        }
-        stock.reserved += quantity.get();
-        inner.reservations.insert(
-            order_id,
-            Held {
-                product_id,
-                quantity,
-                state: ReservationState::Held,
-            },
-        );
-        Ok(reservation)
+        })
     }
 
-    /// The order was paid: its reserved items leave the stock on hand.
-    pub fn commit(&self, order_id: OrderId) -> Result<Settled, SettleError> {
-        self.settle(order_id, ReservationState::Committed)
-    }
-
-    /// The order will not be paid: its reserved items are available again.
-    pub fn release(&self, order_id: OrderId) -> Result<Settled, SettleError> {
-        self.settle(order_id, ReservationState::Released)
-    }
-
-    fn settle(&self, order_id: OrderId, to: ReservationState) -> Result<Settled, SettleError> {
-        let mut inner = self.lock();
-        let inner = &mut *inner;
-        let held = inner
-            .reservations
-            .get_mut(&order_id)
-            .ok_or(SettleError::NoReservation)?;
-        match held.state {
-            ReservationState::Held => {}
-            state if state == to => return Ok(Settled::AlreadyDone),
-            state => return Err(SettleError::AlreadySettled(state)),
-        }
-        let stock = inner
-            .products
-            .get_mut(&held.product_id)
-            .expect("a reservation always refers to an existing product");
-        let quantity = held.quantity.get();
-        stock.reserved -= quantity;
-        if to == ReservationState::Committed {
-            stock.on_hand -= quantity;
-        }
-        held.state = to;
-        Ok(Settled::Applied(view(held.product_id, stock)))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().expect("catalogue lock")
-    }
-}
-
-fn view(id: ProductId, stock: &Stock) -> Product {
-    Product {
-        id,
-        name: stock.name.clone(),
-        stock: stock.on_hand,
-        available: stock.on_hand - stock.reserved,
+    /// Commits or releases the hold of `order_id` on `product_id`.
+    pub async fn settle(
+        &self,
+        order_id: OrderId,
+        product_id: ProductId,
+        how: Settlement,
+    ) -> Result<Option<Settled>, StoreError> {
+        self.table
+            .modify(&product_id.to_string(), |record| {
+                let Some(record) = record else {
+                    return Ok(Change::Keep(None));
+                };
+                let mut next = record.clone();
+                let Some(quantity) = next.holds.remove(&order_id) else {
+                    return Ok(Change::Keep(Some(Settled::AlreadyDone(record.view()))));
+                };
+                if how == Settlement::Commit {
+                    next.on_hand -= quantity;
+                }
+                let product = next.view();
+                Ok(Change::Write(next, Some(Settled::Applied(product))))
+            })
+            .await
     }
 }
 
@@ -192,33 +200,47 @@ mod tests {
         Quantity::new(n).unwrap()
     }
 
-    #[test]
-    fn reservations_never_exceed_stock_and_settle_once() {
-        let catalogue = Catalogue::default();
-        let product = catalogue.create(Name::parse("Widget").unwrap(), q(5));
+    #[tokio::test]
+    async fn reservations_never_exceed_stock_and_settle_once() {
+        let catalogue = Catalogue::in_memory();
+        let product = catalogue
+            .create(ProductId::new(), Name::parse("Widget").unwrap(), q(5))
+            .await
+            .unwrap();
         let (a, b) = (OrderId::new(), OrderId::new());
-        catalogue.reserve(a, product.id, q(3)).unwrap();
+        catalogue.reserve(a, product.id, q(3)).await.unwrap();
         assert_eq!(
-            catalogue.reserve(b, product.id, q(3)),
+            catalogue.reserve(b, product.id, q(3)).await,
             Err(ReserveError::InsufficientStock { available: 2 })
         );
-        catalogue.reserve(b, product.id, q(2)).unwrap();
-        assert_eq!(catalogue.get(product.id).unwrap().available, 0);
+        catalogue.reserve(b, product.id, q(2)).await.unwrap();
+        catalogue.reserve(b, product.id, q(2)).await.unwrap();
+        assert_eq!(
+            catalogue.get(product.id).await.unwrap().unwrap().available,
+            0
+        );
 
-        assert!(
-            matches!(catalogue.commit(a), Ok(Settled::Applied(p)) if p.stock == 2 && p.available == 0)
-        );
-        assert_eq!(catalogue.commit(a), Ok(Settled::AlreadyDone));
+        let commit = catalogue
+            .settle(a, product.id, Settlement::Commit)
+            .await
+            .unwrap();
+        assert!(matches!(commit, Some(Settled::Applied(p)) if p.stock == 2 && p.available == 0));
+        let again = catalogue
+            .settle(a, product.id, Settlement::Commit)
+            .await
+            .unwrap();
+        assert!(matches!(again, Some(Settled::AlreadyDone(p)) if p.stock == 2));
+        let release = catalogue
+            .settle(b, product.id, Settlement::Release)
+            .await
+            .unwrap();
+        assert!(matches!(release, Some(Settled::Applied(p)) if p.stock == 2 && p.available == 2));
         assert_eq!(
-            catalogue.release(a),
-            Err(SettleError::AlreadySettled(ReservationState::Committed))
-        );
-        assert!(
-            matches!(catalogue.release(b), Ok(Settled::Applied(p)) if p.stock == 2 && p.available == 2)
-        );
-        assert_eq!(
-            catalogue.release(OrderId::new()),
-            Err(SettleError::NoReservation)
+            catalogue
+                .settle(a, ProductId::new(), Settlement::Release)
+                .await
+                .unwrap(),
+            None
         );
     }
 }

@@ -2,19 +2,25 @@
 
 use std::sync::Arc;
 
-use messaging_core::contract::{CreateUser, GetUser, User, UserCreated};
+use messaging_core::contract::{CreateUser, GetUser, User, UserCreated, UserId};
 use messaging_core::{Context, ServiceError};
 
 use crate::state::Users;
 
 /// `user.create`: the name was parsed (non-blank) while decoding.
+///
+/// With an `Idempotency-Key`, the id is derived from the key: a retry finds
+/// the user it created before and announces it again (same event id).
 pub async fn create_user(
     users: Arc<Users>,
     ctx: Context,
     request: CreateUser,
 ) -> Result<User, ServiceError> {
-    let user = users.insert(request.name);
-    ctx.publish(&UserCreated { user: user.clone() }).await?;
+    let id = UserId(ctx.derive_id("user"));
+    let user = users.insert(id, request.name).await?;
+    let fact = format!("user/{}/created", user.id);
+    ctx.publish_fact(&UserCreated { user: user.clone() }, &fact)
+        .await?;
     Ok(user)
 }
 
@@ -24,7 +30,7 @@ pub async fn get_user(
     _ctx: Context,
     request: GetUser,
 ) -> Result<User, ServiceError> {
-    users.get(request.id).ok_or_else(|| {
+    users.get(request.id).await?.ok_or_else(|| {
         ServiceError::not_found("not_found", format!("user {} does not exist", request.id))
     })
 }

@@ -15,7 +15,7 @@ mod state;
 
 use std::sync::Arc;
 
-use messaging_core::{Bus, Module, ModuleHandle, ModuleSpec, RegisterError};
+use messaging_core::{Bus, Module, ModuleHandle, ModuleSpec, RegisterError, Storage};
 
 pub use state::Users;
 
@@ -26,9 +26,18 @@ pub const SPEC: ModuleSpec = ModuleSpec {
     description: "Users: create and look up",
 };
 
-/// Starts serving the user module on `client`.
+/// Starts serving the user module on `client`, its state in the `users` bucket.
 pub async fn register(client: async_nats::Client) -> Result<ModuleHandle, RegisterError> {
-    let mut module = Module::start(Bus::new(client), SPEC, Arc::new(Users::default())).await?;
+    register_with(client, Storage::Durable).await
+}
+
+/// Starts serving the user module with its state kept as `storage` says.
+pub async fn register_with(
+    client: async_nats::Client,
+    storage: Storage,
+) -> Result<ModuleHandle, RegisterError> {
+    let users = Arc::new(Users::open(&client, storage).await?);
+    let mut module = Module::start(Bus::new(client), SPEC, users, storage).await?;
     module.serve(handlers::create_user).await?;
     module.serve(handlers::get_user).await?;
     Ok(module.running())

@@ -1,32 +1,32 @@
-//! The user module's state: an in-memory table, safe to share between handlers.
-
-use std::collections::HashMap;
-use std::sync::RwLock;
+//! The user module's state: the `users` table, by id.
 
 use messaging_core::contract::{Name, User, UserId};
+use messaging_core::store::{Storage, StoreError, Table};
 
-/// All users, by id.
-#[derive(Debug, Default)]
+/// All users.
 pub struct Users {
-    // A std lock: it is never held across an await.
-    by_id: RwLock<HashMap<UserId, User>>,
+    table: Table<User>,
 }
 
 impl Users {
-    /// Creates a user with a fresh id.
-    pub fn insert(&self, name: Name) -> User {
-        let user = User {
-            id: UserId::new(),
-            name,
-        };
-        self.by_id
-            .write()
-            .expect("users lock")
-            .insert(user.id, user.clone());
-        user
+    pub async fn open(client: &async_nats::Client, storage: Storage) -> Result<Self, StoreError> {
+        Ok(Self {
+            table: Table::open(client, storage, "users", None).await?,
+        })
     }
 
-    pub fn get(&self, id: UserId) -> Option<User> {
-        self.by_id.read().expect("users lock").get(&id).cloned()
+    /// Stores a new user; if `id` exists already (a retried request), the
+    /// stored user is returned instead.
+    pub async fn insert(&self, id: UserId, name: Name) -> Result<User, StoreError> {
+        let user = User { id, name };
+        match self.table.create(&id.to_string(), &user).await {
+            Ok(_) => Ok(user),
+            Err(StoreError::Exists(_)) => Ok(self.get(id).await?.unwrap_or(user)),
+            Err(err) => Err(err),
+        }
+    }
+
+    pub async fn get(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        Ok(self.table.get(&id.to_string()).await?.map(|v| v.value))
     }
 }

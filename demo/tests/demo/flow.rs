@@ -67,6 +67,7 @@ async fn the_demo_scenario_ends_with_90_in_stock() {
     let app = demo::app::App::start(
         demo::app::Broker::Launch(Default::default()),
         instant_payments(),
+        messaging_core::Storage::Durable,
     )
     .await
     .unwrap();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use messaging_core::contract::{Event, Rpc};
 use messaging_core::testing::{expect_refusal, spawn_broker};
-use messaging_core::{Bus, Context, Module, ModuleSpec, RequestError, ServiceError};
+use messaging_core::{Bus, Context, Module, ModuleSpec, RequestError, ServiceError, Storage};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Barrier, Semaphore};
 
@@ -54,7 +54,7 @@ struct Tick {
     n: u32,
 }
 impl Event for Tick {
-    const SUBJECT: &'static str = "probe.events.tick";
+    const SUBJECT: &'static str = "events.probe.tick";
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,7 +63,7 @@ struct Tock {
     by: String,
 }
 impl Event for Tock {
-    const SUBJECT: &'static str = "probe.events.tock";
+    const SUBJECT: &'static str = "events.probe.tock";
 }
 
 struct Probe {
@@ -120,7 +120,7 @@ async fn on_tick(probe: Arc<Probe>, ctx: Context, tick: Tick) -> Result<(), Serv
 }
 
 async fn start_probe(bus: &Bus, probe: Arc<Probe>) -> messaging_core::ModuleHandle {
-    let mut module = Module::start(bus.clone(), SPEC, probe)
+    let mut module = Module::start(bus.clone(), SPEC, probe, Storage::Memory)
         .await
         .expect("start");
     module.serve(echo).await.unwrap();

@@ -11,7 +11,9 @@ use messaging_core::contract::{
     Reservation, ReserveStock, User, UserId,
 };
 use messaging_core::testing::{spawn_broker, TestBroker};
-use messaging_core::{Bus, Context, Module, ModuleHandle, ModuleSpec, RequestError, ServiceError};
+use messaging_core::{
+    Bus, Context, Module, ModuleHandle, ModuleSpec, RequestError, ServiceError, Storage,
+};
 use uuid::Uuid;
 
 /// How long any awaited event or reply may take.
@@ -140,7 +142,7 @@ pub async fn spawn_app_with(serving: Serving) -> App {
     let peers = if serving == Serving::Nothing {
         None
     } else {
-        let mut peers = Module::start(broker.bus().clone(), PEERS, state.clone())
+        let mut peers = Module::start(broker.bus().clone(), PEERS, state.clone(), Storage::Memory)
             .await
             .expect("start the fake peers");
         peers.serve(get_user).await.unwrap();

@@ -1,0 +1,361 @@
+//! Reacting to one event subject through a durable JetStream consumer.
+//!
+//! * One durable consumer per module and handler (`<module>_<subject>`), so
+//!   every instance of a module shares it: each event goes to one of them.
+//! * Acknowledged only after the handler returned `Ok`, i.e. after its effect
+//!   is stored; while a slow handler runs, "in progress" acks keep the event
+//!   from being redelivered under it.
+//! * A transient failure (a 5xx: a peer or the store unavailable) is handed
+//!   back with a growing delay (`nak` with backoff). An undecodable event or a
+//!   permanent refusal (a 4xx) is terminated at once and recorded as a
+//!   poisoned dead letter. Events that exhaust `max_deliver` are recorded when
+//!   the server's max-deliveries advisory arrives.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::{AckKind, Message};
+use futures::{FutureExt, StreamExt};
+use tokio::sync::Semaphore;
+
+use crate::context::Context;
+use crate::contract::Event;
+use crate::dead_letter::{
+    max_deliveries_subject, DeadLetter, DeadLetterKind, MaxDeliveriesAdvisory,
+};
+use crate::error::{RegisterError, ServiceError};
+use crate::events::{Delivered, EVENTS_STREAM};
+use crate::module::Shared;
+use crate::stats::{Ending, HandlerStats};
+
+/// How a module's event consumers behave.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsumerOptions {
+    /// How long a delivered event may go without an ack (or a progress ack)
+    /// before the server redelivers it.
+    pub ack_wait: Duration,
+    /// Deliveries before an event is given up on (and dead-lettered).
+    pub max_deliver: i64,
+    /// First redelivery delay after a transient failure; doubles each time.
+    pub first_backoff: Duration,
+    /// Longest redelivery delay.
+    pub max_backoff: Duration,
+}
+
+impl Default for ConsumerOptions {
+    fn default() -> Self {
+        Self {
+            ack_wait: Duration::from_secs(5),
+            max_deliver: 10,
+            first_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ConsumerOptions {
+    fn backoff(&self, delivered: i64) -> Duration {
+        let doublings = delivered.clamp(1, 20) as u32 - 1;
+        (self.first_backoff * 2u32.saturating_pow(doublings)).min(self.max_backoff)
+    }
+}
+
+/// The consumer's durable name: `<module>_<subject with _ for .>`.
+pub(crate) fn durable_name(module: &str, subject: &str) -> String {
+    format!("{module}_{}", subject.replace(['.', '*', '>'], "_"))
+}
+
+/// Creates (or updates) the durable consumer and returns its message stream.
+pub(crate) async fn open(
+    jetstream: &async_nats::jetstream::Context,
+    durable: &str,
+    subject: &'static str,
+    options: ConsumerOptions,
+) -> Result<pull::Stream, RegisterError> {
+    let failed = |err: String| RegisterError::Subscribe {
+        subject,
+        reason: err,
+    };
+    let stream = jetstream
+        .get_stream(EVENTS_STREAM)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let consumer: async_nats::jetstream::consumer::Consumer<pull::Config> = stream
+        .create_consumer(pull::Config {
+            durable_name: Some(durable.to_owned()),
+            filter_subject: subject.to_owned(),
+            ack_policy: AckPolicy::Explicit,
+            deliver_policy: DeliverPolicy::All,
+            ack_wait: options.ack_wait,
+            max_deliver: options.max_deliver,
+            max_ack_pending: 10_000,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    consumer.messages().await.map_err(|e| failed(e.to_string()))
+}
+
+/// Last error of each event still being retried, for the dead letter's reason.
+type LastErrors = Arc<Mutex<HashMap<u64, String>>>;
+
+/// Pulls events until the module stops, one task each.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn consume<E, S, F, Fut>(
+    shared: Arc<Shared<S>>,
+    durable: String,
+    mut messages: pull::Stream,
+    advisories: async_nats::Subscriber,
+    stats: Arc<HandlerStats>,
+    limit: Arc<Semaphore>,
+    handler: Arc<F>,
+    options: ConsumerOptions,
+) where
+    E: Event,
+    S: Send + Sync + 'static,
+    F: Fn(Arc<S>, Context, E) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), ServiceError>> + Send + 'static,
+{
+    let subject = E::SUBJECT;
+    let last_errors = LastErrors::default();
+    shared.tracker.spawn(record_max_deliveries(
+        shared.clone(),
+        advisories,
+        stats.clone(),
+        last_errors.clone(),
+    ));
+    let durable: Arc<str> = durable.into();
+    loop {
+        let message = tokio::select! {
+            message = messages.next() => message,
+            () = shared.cancel.cancelled() => break,
+        };
+        let message = match message {
+            Some(Ok(message)) => message,
+            Some(Err(err)) => {
+                // Missed heartbeats and the like while the broker is away;
+                // the stream recovers by itself.
+                tracing::warn!(subject, %err, "event consumer interrupted");
+                continue;
+            }
+            None => break,
+        };
+        let permit = limit
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore never closed");
+        let in_flight = stats.enter();
+        let (task_shared, handler) = (shared.clone(), handler.clone());
+        let (durable, last_errors, stats) = (durable.clone(), last_errors.clone(), stats.clone());
+        shared.tracker.spawn(async move {
+            let _permit = permit;
+            let ending = deliver::<E, S, F, Fut>(
+                message,
+                &task_shared,
+                &handler,
+                &durable,
+                options,
+                &last_errors,
+                &stats,
+            )
+            .await;
+            in_flight.finish(ending);
+        });
+    }
+    // Events already pulled but not handed to a handler go back at once,
+    // rather than after their ack wait.
+    while let Some(Some(Ok(message))) = messages.next().now_or_never() {
+        let _ = message.ack_with(AckKind::Nak(None)).await;
+    }
+    tracing::debug!(subject, "event consumer stopped");
+}
+
+async fn deliver<E, S, F, Fut>(
+    message: Message,
+    shared: &Shared<S>,
+    handler: &F,
+    durable: &str,
+    options: ConsumerOptions,
+    last_errors: &Mutex<HashMap<u64, String>>,
+    stats: &HandlerStats,
+) -> Ending
+where
+    E: Event,
+    F: Fn(Arc<S>, Context, E) -> Fut,
+    Fut: Future<Output = Result<(), ServiceError>>,
+{
+    let subject = E::SUBJECT;
+    let (sequence, delivered) = match message.info() {
+        Ok(info) => (info.stream_sequence, info.delivered),
+        Err(_) => (0, 1),
+    };
+    let poison = |reason: String| DeadLetter {
+        id: format!("{durable}.{sequence}"),
+        kind: DeadLetterKind::Poisoned,
+        consumer: durable.to_owned(),
+        subject: subject.to_owned(),
+        stream_sequence: sequence,
+        deliveries: delivered,
+        reason,
+    };
+
+    let delivered_event = match Delivered::<E>::decode(&message.payload) {
+        Ok(event) => event,
+        Err(err) => {
+            terminate(
+                &message,
+                shared,
+                stats,
+                poison(format!("undecodable: {err}")),
+            )
+            .await;
+            return Ending::Failed;
+        }
+    };
+    let ctx = Context {
+        bus: shared.bus.clone(),
+        subject,
+        correlation_id: delivered_event.meta.correlation_id,
+        event: Some(delivered_event.meta),
+        idempotency_key: None,
+    };
+    let work = AssertUnwindSafe(handler(shared.state.clone(), ctx, delivered_event.event))
+        .catch_unwind()
+        .map(|outcome| {
+            outcome.unwrap_or_else(|_| Err(ServiceError::internal("event handler panicked")))
+        });
+    let outcome = with_progress(&message, options.ack_wait, work).await;
+
+    let event_id = delivered_event.meta.event_id;
+    match outcome {
+        Ok(()) => {
+            last_errors.lock().expect("lock").remove(&sequence);
+            if let Err(err) = message.ack().await {
+                // Not fatal: the event comes again and the handler is idempotent.
+                tracing::warn!(subject, %event_id, %err, "ack failed");
+            }
+            Ending::Ok
+        }
+        Err(err) if err.status >= 500 => {
+            let delay = options.backoff(delivered);
+            tracing::debug!(subject, %event_id, delivered, ?delay, %err, "event handler failed; will retry");
+            last_errors
+                .lock()
+                .expect("lock")
+                .insert(sequence, err.to_string());
+            let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+            Ending::Retried
+        }
+        Err(err) => {
+            last_errors.lock().expect("lock").remove(&sequence);
+            terminate(&message, shared, stats, poison(err.to_string())).await;
+            Ending::Failed
+        }
+    }
+}
+
+/// Runs `work`, telling the server "still working" every third of the ack
+/// wait, so a slow handler is not redelivered while it runs.
+async fn with_progress<T>(
+    message: &Message,
+    ack_wait: Duration,
+    work: impl Future<Output = T>,
+) -> T {
+    tokio::pin!(work);
+    let mut ticks = tokio::time::interval(ack_wait / 3);
+    ticks.tick().await; // the first tick is immediate
+    loop {
+        tokio::select! {
+            result = &mut work => return result,
+            _ = ticks.tick() => {
+                let _ = message.ack_with(AckKind::Progress).await;
+            }
+        }
+    }
+}
+
+async fn terminate<S>(
+    message: &Message,
+    shared: &Shared<S>,
+    stats: &HandlerStats,
+    letter: DeadLetter,
+) {
+    // Record first: if recording fails, the event is redelivered rather than lost.
+    match shared.dead_letters.record(&letter).await {
+        Ok(()) => {
+            let _ = message.ack_with(AckKind::Term).await;
+            stats.dead_lettered();
+        }
+        Err(err) => {
+            tracing::warn!(id = %letter.id, %err, "dead letter not recorded; event will come again");
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
+        }
+    }
+}
+
+/// Subscribes to the server's max-deliveries advisories for `durable`.
+pub(crate) async fn watch_max_deliveries(
+    client: &async_nats::Client,
+    durable: &str,
+    subject: &'static str,
+) -> Result<async_nats::Subscriber, RegisterError> {
+    client
+        .subscribe(max_deliveries_subject(durable))
+        .await
+        .map_err(|err| RegisterError::Subscribe {
+            subject,
+            reason: format!("max-deliveries advisories: {err}"),
+        })
+}
+
+/// Records the events the server gave up on, from its advisories.
+async fn record_max_deliveries<S>(
+    shared: Arc<Shared<S>>,
+    mut advisories: async_nats::Subscriber,
+    stats: Arc<HandlerStats>,
+    last_errors: LastErrors,
+) {
+    loop {
+        let advisory = tokio::select! {
+            advisory = advisories.next() => advisory,
+            () = shared.cancel.cancelled() => break,
+        };
+        let Some(advisory) = advisory else { break };
+        let Ok(advisory) = serde_json::from_slice::<MaxDeliveriesAdvisory>(&advisory.payload)
+        else {
+            continue;
+        };
+        let subject = match shared.bus.jetstream().get_stream(EVENTS_STREAM).await {
+            Ok(stream) => match stream.get_raw_message(advisory.stream_seq).await {
+                Ok(message) => message.subject.to_string(),
+                Err(_) => "(no longer in the stream)".to_owned(),
+            },
+            Err(_) => "(unknown)".to_owned(),
+        };
+        let last = last_errors
+            .lock()
+            .expect("lock")
+            .remove(&advisory.stream_seq);
+        let letter = DeadLetter {
+            id: format!("{}.{}", advisory.consumer, advisory.stream_seq),
+            kind: DeadLetterKind::MaxDeliveries,
+            consumer: advisory.consumer,
+            subject,
+            stream_sequence: advisory.stream_seq,
+            deliveries: advisory.deliveries,
+            reason: last.unwrap_or_else(|| "delivery limit reached".to_owned()),
+        };
+        match shared.dead_letters.record(&letter).await {
+            Ok(()) => stats.dead_lettered(),
+            Err(err) => tracing::warn!(id = %letter.id, %err, "dead letter not recorded"),
+        }
+    }
+    let _ = advisories.unsubscribe().await;
+}

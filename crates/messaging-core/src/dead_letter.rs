@@ -1,0 +1,149 @@
+//! Dead letters: events a module could not handle, kept for an operator.
+//!
+//! Two ways an event ends up here, both recorded in the `dead_letters`
+//! key-value bucket with its subject, the consumer, the reason and the number
+//! of deliveries:
+//!
+//! * **poisoned**: the event does not decode, or the handler refused it for
+//!   good (a 4xx): it is terminated at once instead of redelivered forever;
+//! * **max deliveries**: a handler kept failing (5xx, timeouts) until the
+//!   consumer's `max_deliver` was reached; the server then publishes an
+//!   advisory, which the module records.
+//!
+//! Once the cause is fixed, [`DeadLetters::retry`] publishes the stored event
+//! again (same subject and payload, a new `Nats-Msg-Id` so the stream accepts
+//! it): every consumer of that subject sees it once more, which idempotent
+//! handlers absorb.
+
+use async_nats::jetstream;
+use serde::{Deserialize, Serialize};
+
+use crate::events::EVENTS_STREAM;
+use crate::store::{Storage, StoreError, Table};
+
+/// The bucket dead letters are kept in.
+pub const DEAD_LETTER_BUCKET: &str = "dead_letters";
+
+/// Why an event was given up on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadLetterKind {
+    Poisoned,
+    MaxDeliveries,
+}
+
+/// One event given up on by one consumer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// `<consumer>.<stream sequence>`: what `retry` takes.
+    pub id: String,
+    pub kind: DeadLetterKind,
+    pub consumer: String,
+    pub subject: String,
+    pub stream_sequence: u64,
+    pub deliveries: i64,
+    pub reason: String,
+}
+
+/// Why a dead-letter operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no dead letter {0}")]
+    Unknown(String),
+    #[error("event {sequence} is no longer in the stream: {reason}")]
+    Gone { sequence: u64, reason: String },
+    #[error("re-publishing failed: {0}")]
+    Publish(String),
+}
+
+/// The dead letters of a system.
+#[derive(Clone)]
+pub struct DeadLetters {
+    table: Table<DeadLetter>,
+    jetstream: jetstream::Context,
+}
+
+impl DeadLetters {
+    pub async fn open(client: &async_nats::Client, storage: Storage) -> Result<Self, StoreError> {
+        Ok(Self {
+            table: Table::open(client, storage, DEAD_LETTER_BUCKET, None).await?,
+            jetstream: jetstream::new(client.clone()),
+        })
+    }
+
+    /// Records a dead letter (recording the same one twice keeps one).
+    pub async fn record(&self, letter: &DeadLetter) -> Result<(), StoreError> {
+        tracing::warn!(
+            id = %letter.id, kind = ?letter.kind, subject = %letter.subject,
+            deliveries = letter.deliveries, reason = %letter.reason,
+            "event recorded as dead letter"
+        );
+        self.table.put(&letter.id, letter).await.map(|_| ())
+    }
+
+    /// Every dead letter, oldest event first.
+    pub async fn list(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut letters = Vec::new();
+        for key in self.table.keys().await? {
+            if let Some(letter) = self.table.get(&key).await? {
+                letters.push(letter.value);
+            }
+        }
+        letters.sort_by_key(|l| (l.stream_sequence, l.consumer.clone()));
+        Ok(letters)
+    }
+
+    /// Publishes the event of dead letter `id` again and forgets the letter.
+    pub async fn retry(&self, id: &str) -> Result<DeadLetter, DeadLetterError> {
+        let letter = self
+            .table
+            .get(id)
+            .await?
+            .ok_or_else(|| DeadLetterError::Unknown(id.to_owned()))?
+            .value;
+        let gone = |reason: String| DeadLetterError::Gone {
+            sequence: letter.stream_sequence,
+            reason,
+        };
+        let stream = self
+            .jetstream
+            .get_stream(EVENTS_STREAM)
+            .await
+            .map_err(|e| gone(e.to_string()))?;
+        let original = stream
+            .get_raw_message(letter.stream_sequence)
+            .await
+            .map_err(|e| gone(e.to_string()))?;
+        let mut headers = original.headers.clone();
+        let retry_id = format!("{}:retry:{}", letter.id, uuid::Uuid::new_v4());
+        headers.insert("Nats-Msg-Id", retry_id.as_str());
+        self.jetstream
+            .publish_with_headers(
+                original.subject.to_string(),
+                headers,
+                original.payload.clone(),
+            )
+            .await
+            .map_err(|e| DeadLetterError::Publish(e.to_string()))?
+            .await
+            .map_err(|e| DeadLetterError::Publish(e.to_string()))?;
+        self.table.delete(id).await?;
+        tracing::info!(id, subject = %letter.subject, "dead letter re-published");
+        Ok(letter)
+    }
+}
+
+/// The fields we use of the server's max-deliveries advisory.
+#[derive(Debug, Deserialize)]
+pub(crate) struct MaxDeliveriesAdvisory {
+    pub consumer: String,
+    pub stream_seq: u64,
+    pub deliveries: i64,
+}
+
+/// The advisory subject for one consumer of the event stream.
+pub(crate) fn max_deliveries_subject(consumer: &str) -> String {
+    format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{EVENTS_STREAM}.{consumer}")
+}

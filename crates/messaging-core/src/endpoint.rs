@@ -1,0 +1,189 @@
+//! Serving one request subject: decode, run the handler in its own task,
+//! reply the value or the structured error. Every request gets a reply.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use async_nats::service::endpoint::Endpoint;
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use crate::bus::CORRELATION_ID;
+use crate::context::Context;
+use crate::contract::Rpc;
+use crate::error::ServiceError;
+use crate::idempotency::{Claim, IDEMPOTENCY_KEY};
+use crate::module::Shared;
+use crate::stats::{Ending, HandlerStats};
+
+/// Longest accepted `Idempotency-Key`.
+const MAX_KEY_LEN: usize = 256;
+
+/// Reads requests from `endpoint` until the module stops, one task each.
+pub(crate) async fn serve<R, S, F, Fut>(
+    shared: Arc<Shared<S>>,
+    mut endpoint: Endpoint,
+    stats: Arc<HandlerStats>,
+    limit: Arc<Semaphore>,
+    handler: Arc<F>,
+) where
+    R: Rpc,
+    S: Send + Sync + 'static,
+    F: Fn(Arc<S>, Context, R) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<R::Reply, ServiceError>> + Send + 'static,
+{
+    let subject = R::SUBJECT;
+    let mut stopping = false;
+    loop {
+        let request = if stopping {
+            endpoint.next().await
+        } else {
+            tokio::select! {
+                request = endpoint.next() => request,
+                () = shared.cancel.cancelled() => {
+                    // Stop intake; requests already delivered to us are
+                    // still read below and answered.
+                    stopping = true;
+                    if let Err(err) = endpoint.stop().await {
+                        tracing::warn!(subject, %err, "failed to unsubscribe endpoint");
+                        break;
+                    }
+                    continue;
+                }
+            }
+        };
+        let Some(request) = request else { break };
+        let permit = limit
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore never closed");
+        let in_flight = stats.enter();
+        let (shared2, handler) = (shared.clone(), handler.clone());
+        shared.tracker.spawn(async move {
+            let _permit = permit;
+            let ending = answer::<R, S, F, Fut>(request, &shared2, &handler).await;
+            in_flight.finish(ending);
+        });
+    }
+    tracing::debug!(subject, "endpoint stopped");
+}
+
+/// Decodes one request, runs the handler and replies.
+async fn answer<R, S, F, Fut>(
+    request: async_nats::service::Request,
+    shared: &Shared<S>,
+    handler: &F,
+) -> Ending
+where
+    R: Rpc,
+    F: Fn(Arc<S>, Context, R) -> Fut,
+    Fut: Future<Output = Result<R::Reply, ServiceError>>,
+{
+    let header = |name: &str| {
+        request
+            .message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().trim().to_owned())
+    };
+    let correlation_id = header(CORRELATION_ID)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(Uuid::new_v4);
+    let key = header(IDEMPOTENCY_KEY).filter(|k| !k.is_empty());
+    let ctx = Context {
+        bus: shared.bus.clone(),
+        subject: R::SUBJECT,
+        correlation_id,
+        event: None,
+        idempotency_key: key.clone(),
+    };
+
+    let reply = match key {
+        None => run(handler, shared, ctx, &request.message.payload).await,
+        Some(key) if key.len() > MAX_KEY_LEN => Err(ServiceError::bad_request(format!(
+            "{IDEMPOTENCY_KEY} is longer than {MAX_KEY_LEN} bytes"
+        ))),
+        Some(key) => match shared.idempotency.claim(R::SUBJECT, &key).await {
+            Ok(Claim::Replay(reply)) => reply,
+            Ok(Claim::Busy) => Err(ServiceError::conflict(
+                "request_in_progress",
+                format!("a request with {IDEMPOTENCY_KEY} {key:?} is still being handled"),
+            )),
+            Err(err) => Err(err.into()),
+            Ok(Claim::Claimed) => {
+                let reply = run(handler, shared, ctx, &request.message.payload).await;
+                if let Err(err) = shared.idempotency.finish(R::SUBJECT, &key, &reply).await {
+                    // The effect happened; only the memory of it is missing,
+                    // and the handler's derived ids make a retry converge.
+                    tracing::warn!(subject = R::SUBJECT, %err, "idempotency key not stored");
+                }
+                reply
+            }
+        },
+    };
+
+    let ending = if reply.is_ok() {
+        Ending::Ok
+    } else {
+        Ending::Failed
+    };
+    if let Err(err) = &reply {
+        if err.status >= 500 {
+            tracing::warn!(subject = R::SUBJECT, %err, "request failed");
+        } else {
+            tracing::debug!(subject = R::SUBJECT, %err, "request refused");
+        }
+    }
+    let reply = reply.map(Bytes::from).map_err(Into::into);
+    if let Err(err) = request.respond(reply).await {
+        // Only possible without a reply subject (a publish, not a request) or
+        // with the connection gone; there is nobody left to tell.
+        tracing::debug!(subject = R::SUBJECT, %err, "could not send reply");
+    }
+    ending
+}
+
+/// Decodes and handles; the reply as JSON text, or the error.
+async fn run<R, S, F, Fut>(
+    handler: &F,
+    shared: &Shared<S>,
+    ctx: Context,
+    payload: &[u8],
+) -> Result<String, ServiceError>
+where
+    R: Rpc,
+    F: Fn(Arc<S>, Context, R) -> Fut,
+    Fut: Future<Output = Result<R::Reply, ServiceError>>,
+{
+    let request = decode::<R>(payload)?;
+    let value = AssertUnwindSafe(handler(shared.state.clone(), ctx, request))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| Err(ServiceError::internal("request handler panicked")))?;
+    serde_json::to_string(&value)
+        .map_err(|err| ServiceError::internal(format!("reply could not be encoded: {err}")))
+}
+
+fn decode<R: Rpc>(payload: &[u8]) -> Result<R, ServiceError> {
+    if payload.is_empty() {
+        return Err(ServiceError::bad_request(format!(
+            "empty payload: {} expects a JSON object",
+            R::SUBJECT
+        )));
+    }
+    // serde would also accept a struct written as an array (`["Ada"]`); the
+    // contract is JSON objects with named fields, nothing positional.
+    if payload.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ServiceError::bad_request(format!(
+            "invalid {} request: expected a JSON object",
+            R::SUBJECT
+        )));
+    }
+    serde_json::from_slice(payload)
+        .map_err(|err| ServiceError::bad_request(format!("invalid {} request: {err}", R::SUBJECT)))
+}

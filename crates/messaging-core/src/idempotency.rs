@@ -1,0 +1,113 @@
+//! `Idempotency-Key`: a client that retries a request after a timeout gets
+//! the first reply again instead of a second effect.
+//!
+//! The key (header name from the IETF HTTP draft) is remembered per subject
+//! in the `idempotency` bucket for [`IDEMPOTENCY_WINDOW`]: first as
+//! *in progress*, then with the reply. A retry while the first attempt still
+//! runs gets `409 request_in_progress`; a claim older than [`STALE_CLAIM`]
+//! (its handler died with the process) is taken over, and since handlers
+//! derive their ids from the key ([`crate::Context::derive_id`]), the
+//! takeover re-creates the same thing rather than a second one.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::ServiceError;
+use crate::store::{Change, Storage, StoreError, Table};
+
+/// The request header carrying the key.
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
+/// How long a key is remembered.
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// After this long, an unfinished first attempt is presumed dead.
+pub const STALE_CLAIM: Duration = Duration::from_secs(30);
+
+const BUCKET: &str = "idempotency";
+const NAMESPACE: Uuid = Uuid::from_u128(0x1de3_9073_4c0e_4a11_b0b5_7e57_ab1e_c0de);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Remembered {
+    InProgress { started_ms: u64 },
+    Replied { reply: Result<String, ServiceError> },
+}
+
+/// What to do with a request that carries a key.
+pub(crate) enum Claim {
+    /// First time (or a dead first attempt): handle it.
+    Claimed,
+    /// Handled before: send this reply again.
+    Replay(Result<String, ServiceError>),
+    /// The first attempt is still running.
+    Busy,
+}
+
+#[derive(Clone)]
+pub(crate) struct IdempotencyKeys {
+    table: Table<Remembered>,
+}
+
+impl IdempotencyKeys {
+    pub async fn open(client: &async_nats::Client, storage: Storage) -> Result<Self, StoreError> {
+        Ok(Self {
+            table: Table::open(client, storage, BUCKET, Some(IDEMPOTENCY_WINDOW)).await?,
+        })
+    }
+
+    fn record_key(subject: &str, key: &str) -> String {
+        Uuid::new_v5(&NAMESPACE, format!("{subject}\n{key}").as_bytes()).to_string()
+    }
+
+    pub async fn claim(&self, subject: &str, key: &str) -> Result<Claim, StoreError> {
+        let now = now_ms();
+        self.table
+            .modify(&Self::record_key(subject, key), |seen| {
+                Ok::<_, StoreError>(match seen {
+                    None => {
+                        Change::Write(Remembered::InProgress { started_ms: now }, Claim::Claimed)
+                    }
+                    Some(Remembered::InProgress { started_ms })
+                        if now.saturating_sub(*started_ms) > STALE_CLAIM.as_millis() as u64 =>
+                    {
+                        Change::Write(Remembered::InProgress { started_ms: now }, Claim::Claimed)
+                    }
+                    Some(Remembered::InProgress { .. }) => Change::Keep(Claim::Busy),
+                    Some(Remembered::Replied { reply }) => {
+                        Change::Keep(Claim::Replay(reply.clone()))
+                    }
+                })
+            })
+            .await
+    }
+
+    /// Remembers the reply of a claimed key; a reply worth retrying (5xx)
+    /// releases the key instead, so that the retry runs again.
+    pub async fn finish(
+        &self,
+        subject: &str,
+        key: &str,
+        reply: &Result<String, ServiceError>,
+    ) -> Result<(), StoreError> {
+        let record_key = Self::record_key(subject, key);
+        match reply {
+            Err(err) if err.status >= 500 => self.table.delete(&record_key).await,
+            _ => {
+                let remembered = Remembered::Replied {
+                    reply: reply.clone(),
+                };
+                self.table.put(&record_key, &remembered).await.map(|_| ())
+            }
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}

@@ -1,0 +1,376 @@
+//! Module state: a table of JSON values with revisions and compare-and-set,
+//! kept durably in a JetStream key-value bucket or, for unit tests and
+//! `--ephemeral` runs, in memory, behind one interface.
+//!
+//! Every state change in the modules goes through [`Table::modify`]: read the
+//! value and its revision, compute the change, write it only if nobody wrote
+//! in between (`update` with the expected revision), otherwise read again and
+//! retry. Two writers racing on the same key (two reservations on one
+//! product, two events on one order) can therefore never lose an update,
+//! whether they run in one process or in several.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures::TryStreamExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Where a module keeps its state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Storage {
+    /// JetStream key-value buckets: survives restarts, shared by instances.
+    #[default]
+    Durable,
+    /// Process memory: gone at exit, private to this process.
+    Memory,
+}
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("key {0} already exists")]
+    Exists(String),
+    #[error("key {0} was changed concurrently")]
+    Conflict(String),
+    #[error("stored value of {key} is not valid: {source}")]
+    Corrupt {
+        key: String,
+        source: serde_json::Error,
+    },
+    #[error("state store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<StoreError> for crate::ServiceError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Corrupt { .. } => crate::ServiceError::internal(err.to_string()),
+            other => crate::ServiceError::unavailable(other.to_string()),
+        }
+    }
+}
+
+/// A value and the revision it was read at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned<V> {
+    pub value: V,
+    pub revision: u64,
+}
+
+/// What [`Table::modify`] should do with the key.
+#[derive(Debug)]
+pub enum Change<V, T> {
+    /// Write this value, and return `T`.
+    Write(V, T),
+    /// Leave the key as it is, and return `T`.
+    Keep(T),
+}
+
+/// How many times a compare-and-set is retried before giving up (a key this
+/// hot is a design problem, not something to spin on forever).
+const MAX_ATTEMPTS: usize = 1_000;
+
+/// How many locks [`Table::modify`] stripes its keys over.
+const LOCK_STRIPES: usize = 256;
+
+/// A table of `V`s by string key.
+pub struct Table<V> {
+    backend: Backend,
+    /// Serialises `modify` calls on the same key *within this process*.
+    ///
+    /// Compare-and-set alone is correct, but under heavy contention on one
+    /// key (500 orders for one product) optimistic retries cost a round trip
+    /// each, again and again. Queueing local writers costs nothing, and CAS
+    /// still guards against other processes.
+    stripes: Arc<[tokio::sync::Mutex<()>]>,
+    _value: PhantomData<fn() -> V>,
+}
+
+impl<V> Clone for Table<V> {
+    fn clone(&self) -> Self {
+        Self {
+            backend: self.backend.clone(),
+            stripes: self.stripes.clone(),
+            _value: PhantomData,
+        }
+    }
+}
+
+fn stripes() -> Arc<[tokio::sync::Mutex<()>]> {
+    (0..LOCK_STRIPES)
+        .map(|_| tokio::sync::Mutex::new(()))
+        .collect()
+}
+
+fn stripe_of(key: &str) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    (hasher.finish() as usize) % LOCK_STRIPES
+}
+
+#[derive(Clone)]
+enum Backend {
+    Kv(Box<kv::Store>),
+    Memory(Arc<Mutex<Memory>>),
+}
+
+#[derive(Default)]
+struct Memory {
+    rows: HashMap<String, (Bytes, u64)>,
+    last_revision: u64,
+}
+
+impl<V: Serialize + DeserializeOwned> Table<V> {
+    /// Opens (creating it if needed) the bucket `name`.
+    ///
+    /// `max_age` bounds how long entries live (`None`: forever).
+    pub async fn open(
+        client: &async_nats::Client,
+        storage: Storage,
+        name: &str,
+        max_age: Option<Duration>,
+    ) -> Result<Self, StoreError> {
+        let backend = match storage {
+            Storage::Memory => Backend::Memory(Arc::default()),
+            Storage::Durable => {
+                let js = jetstream::new(client.clone());
+                let config = kv::Config {
+                    bucket: name.to_owned(),
+                    history: 1,
+                    max_age: max_age.unwrap_or_default(),
+                    storage: jetstream::stream::StorageType::File,
+                    ..Default::default()
+                };
+                let store = js
+                    .create_or_update_key_value(config)
+                    .await
+                    .map_err(|err| StoreError::Unavailable(format!("bucket {name}: {err}")))?;
+                Backend::Kv(Box::new(store))
+            }
+        };
+        Ok(Self {
+            backend,
+            stripes: stripes(),
+            _value: PhantomData,
+        })
+    }
+
+    /// A table in memory (for unit tests).
+    pub fn in_memory() -> Self {
+        Self {
+            backend: Backend::Memory(Arc::default()),
+            stripes: stripes(),
+            _value: PhantomData,
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Versioned<V>>, StoreError> {
+        let raw = match &self.backend {
+            Backend::Memory(memory) => memory.lock().expect("table lock").rows.get(key).cloned(),
+            Backend::Kv(store) => store
+                .entry(key)
+                .await
+                .map_err(unavailable)?
+                .filter(|e| e.operation == kv::Operation::Put)
+                .map(|e| (e.value, e.revision)),
+        };
+        raw.map(|(bytes, revision)| {
+            let value = serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
+                key: key.to_owned(),
+                source,
+            })?;
+            Ok(Versioned { value, revision })
+        })
+        .transpose()
+    }
+
+    /// Writes `value` only if `key` does not exist.
+    pub async fn create(&self, key: &str, value: &V) -> Result<u64, StoreError> {
+        let bytes = encode(value);
+        match &self.backend {
+            Backend::Memory(memory) => {
+                let mut memory = memory.lock().expect("table lock");
+                if memory.rows.contains_key(key) {
+                    return Err(StoreError::Exists(key.to_owned()));
+                }
+                memory.last_revision += 1;
+                let revision = memory.last_revision;
+                memory.rows.insert(key.to_owned(), (bytes, revision));
+                Ok(revision)
+            }
+            Backend::Kv(store) => store.create(key, bytes).await.map_err(|err| {
+                if err.kind() == kv::CreateErrorKind::AlreadyExists {
+                    StoreError::Exists(key.to_owned())
+                } else {
+                    unavailable(err)
+                }
+            }),
+        }
+    }
+
+    /// Writes `value` only if `key` is still at `revision`.
+    pub async fn update(&self, key: &str, value: &V, revision: u64) -> Result<u64, StoreError> {
+        let bytes = encode(value);
+        match &self.backend {
+            Backend::Memory(memory) => {
+                let mut memory = memory.lock().expect("table lock");
+                match memory.rows.get(key) {
+                    Some((_, current)) if *current == revision => {}
+                    _ => return Err(StoreError::Conflict(key.to_owned())),
+                }
+                memory.last_revision += 1;
+                let new_revision = memory.last_revision;
+                memory.rows.insert(key.to_owned(), (bytes, new_revision));
+                Ok(new_revision)
+            }
+            Backend::Kv(store) => store.update(key, bytes, revision).await.map_err(|err| {
+                if err.kind() == kv::UpdateErrorKind::WrongLastRevision {
+                    StoreError::Conflict(key.to_owned())
+                } else {
+                    unavailable(err)
+                }
+            }),
+        }
+    }
+
+    /// Writes `value` whatever is there.
+    pub async fn put(&self, key: &str, value: &V) -> Result<u64, StoreError> {
+        let bytes = encode(value);
+        match &self.backend {
+            Backend::Memory(memory) => {
+                let mut memory = memory.lock().expect("table lock");
+                memory.last_revision += 1;
+                let revision = memory.last_revision;
+                memory.rows.insert(key.to_owned(), (bytes, revision));
+                Ok(revision)
+            }
+            Backend::Kv(store) => store.put(key, bytes).await.map_err(unavailable),
+        }
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Memory(memory) => {
+                memory.lock().expect("table lock").rows.remove(key);
+                Ok(())
+            }
+            Backend::Kv(store) => store.delete(key).await.map_err(unavailable),
+        }
+    }
+
+    /// Every key in the table.
+    pub async fn keys(&self) -> Result<Vec<String>, StoreError> {
+        match &self.backend {
+            Backend::Memory(memory) => Ok(memory
+                .lock()
+                .expect("table lock")
+                .rows
+                .keys()
+                .cloned()
+                .collect()),
+            Backend::Kv(store) => match store.keys().await {
+                Ok(keys) => keys.try_collect().await.map_err(unavailable),
+                Err(err) => Err(unavailable(err)),
+            },
+        }
+    }
+
+    /// Reads `key`, lets `decide` choose what to do, and writes the result
+    /// with compare-and-set, retrying from a fresh read if somebody else
+    /// wrote in between. `decide` may run several times: keep it pure.
+    pub async fn modify<T, E>(
+        &self,
+        key: &str,
+        mut decide: impl FnMut(Option<&V>) -> Result<Change<V, T>, E>,
+    ) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        let _local_turn = self.stripes[stripe_of(key)].lock().await;
+        for _ in 0..MAX_ATTEMPTS {
+            let current = self.get(key).await?;
+            let change = decide(current.as_ref().map(|c| &c.value))?;
+            let (value, result) = match change {
+                Change::Keep(result) => return Ok(result),
+                Change::Write(value, result) => (value, result),
+            };
+            let written = match &current {
+                Some(current) => self.update(key, &value, current.revision).await,
+                None => self.create(key, &value).await,
+            };
+            match written {
+                Ok(_) => return Ok(result),
+                Err(StoreError::Conflict(_) | StoreError::Exists(_)) => continue,
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Err(StoreError::Conflict(key.to_owned()).into())
+    }
+}
+
+fn encode<V: Serialize>(value: &V) -> Bytes {
+    // Our state types are plain structs: encoding them cannot fail.
+    Bytes::from(serde_json::to_vec(value).expect("state values encode as JSON"))
+}
+
+fn unavailable(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_tables_compare_and_set_like_kv() {
+        let table: Table<u32> = Table::in_memory();
+        let first = table.create("a", &1).await.unwrap();
+        assert!(matches!(
+            table.create("a", &2).await,
+            Err(StoreError::Exists(_))
+        ));
+        let second = table.update("a", &3, first).await.unwrap();
+        assert!(matches!(
+            table.update("a", &4, first).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(
+            table.get("a").await.unwrap(),
+            Some(Versioned {
+                value: 3,
+                revision: second
+            })
+        );
+
+        let seen: Result<u32, StoreError> = table
+            .modify("a", |v| Ok(Change::Write(v.unwrap() + 1, *v.unwrap())))
+            .await;
+        assert_eq!(seen.unwrap(), 3);
+        assert_eq!(table.get("a").await.unwrap().unwrap().value, 4);
+        assert_eq!(table.keys().await.unwrap(), ["a"]);
+    }
+
+    #[tokio::test]
+    async fn concurrent_modifies_lose_no_update() {
+        let table: Table<u32> = Table::in_memory();
+        table.create("n", &0).await.unwrap();
+        let bumps = (0..100).map(|_| {
+            let table = table.clone();
+            tokio::spawn(async move {
+                table
+                    .modify::<(), StoreError>("n", |v| Ok(Change::Write(v.unwrap() + 1, ())))
+                    .await
+            })
+        });
+        for bump in futures::future::join_all(bumps).await {
+            bump.unwrap().unwrap();
+        }
+        assert_eq!(table.get("n").await.unwrap().unwrap().value, 100);
+    }
+}
