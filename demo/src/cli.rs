@@ -30,6 +30,11 @@ pub struct Cli {
     #[arg(long, value_name = "DIR", global = true)]
     pub data_dir: Option<PathBuf>,
 
+    /// Port of the launched broker (default: a free one). A fixed port lets
+    /// clients reconnect by themselves after a restart of `demo serve`.
+    #[arg(long, global = true)]
+    pub port: Option<u16>,
+
     /// Keep module state in process memory instead of JetStream key-value buckets.
     #[arg(long, global = true)]
     pub ephemeral: bool,

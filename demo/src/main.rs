@@ -53,6 +53,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(url) => Broker::Existing(url),
         None => Broker::Launch(BrokerConfig {
             store_dir: cli.data_dir.clone(),
+            port: cli.port,
             sync: match cli.sync {
                 Sync::Interval => SyncMode::Interval,
                 Sync::Always => SyncMode::Always,

@@ -1,0 +1,380 @@
+//! Durable events: retries, dead letters, slow handlers, duplicates,
+//! restarts of a consumer, and idempotency keys on requests.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use messaging_core::contract::{Event, Rpc};
+use messaging_core::dead_letter::{DeadLetterKind, DeadLetters};
+use messaging_core::testing::{spawn_broker, TestBroker};
+use messaging_core::{
+    ConsumerOptions, Context, EventMeta, Module, ModuleHandle, ModuleSpec, ServiceError, Storage,
+    IDEMPOTENCY_KEY,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+const SPEC: ModuleSpec = ModuleSpec {
+    name: "worker",
+    version: "0.1.0",
+    description: "test worker",
+};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Job {
+    n: u32,
+}
+impl Event for Job {
+    const SUBJECT: &'static str = "events.probe.job";
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Done {
+    n: u32,
+}
+impl Event for Done {
+    const SUBJECT: &'static str = "events.probe.done";
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Take {
+    what: String,
+}
+impl Rpc for Take {
+    const SUBJECT: &'static str = "worker.take";
+    type Reply = Taken;
+}
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Taken {
+    id: Uuid,
+    what: String,
+}
+
+/// A worker whose failures the test controls.
+struct Worker {
+    /// Fail (as "unavailable") this many more times before succeeding.
+    failures_left: AtomicU32,
+    /// Fail every time while set.
+    broken: AtomicBool,
+    /// How long a job takes.
+    slow_ms: AtomicU32,
+    jobs_started: AtomicU32,
+    takes_started: AtomicU32,
+    /// `take` waits for a permit when `gate_takes` is set.
+    gate_takes: AtomicBool,
+    gate: Semaphore,
+}
+
+impl Default for Worker {
+    fn default() -> Self {
+        Self {
+            failures_left: AtomicU32::new(0),
+            broken: AtomicBool::new(false),
+            slow_ms: AtomicU32::new(0),
+            jobs_started: AtomicU32::new(0),
+            takes_started: AtomicU32::new(0),
+            gate_takes: AtomicBool::new(false),
+            gate: Semaphore::new(0),
+        }
+    }
+}
+
+async fn on_job(worker: Arc<Worker>, ctx: Context, job: Job) -> Result<(), ServiceError> {
+    worker.jobs_started.fetch_add(1, Ordering::SeqCst);
+    if worker.broken.load(Ordering::SeqCst) {
+        return Err(ServiceError::unavailable("the worker is broken"));
+    }
+    let left = worker.failures_left.load(Ordering::SeqCst);
+    if left > 0 {
+        worker.failures_left.store(left - 1, Ordering::SeqCst);
+        return Err(ServiceError::unavailable("flaky dependency"));
+    }
+    let slow = worker.slow_ms.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(slow.into())).await;
+    ctx.publish(&Done { n: job.n }).await?;
+    Ok(())
+}
+
+async fn take(worker: Arc<Worker>, ctx: Context, request: Take) -> Result<Taken, ServiceError> {
+    worker.takes_started.fetch_add(1, Ordering::SeqCst);
+    if worker.gate_takes.load(Ordering::SeqCst) {
+        let _permit = worker.gate.acquire().await.expect("gate open");
+    }
+    Ok(Taken {
+        id: ctx.derive_id("take"),
+        what: request.what,
+    })
+}
+
+async fn start(app: &TestBroker, worker: Arc<Worker>, options: ConsumerOptions) -> ModuleHandle {
+    let mut module = Module::start(app.bus().clone(), SPEC, worker, Storage::Durable)
+        .await
+        .unwrap();
+    module.consumer_options(options);
+    module.serve(take).await.unwrap();
+    module.on_event(on_job).await.unwrap();
+    module.running()
+}
+
+fn quick_retries() -> ConsumerOptions {
+    ConsumerOptions {
+        first_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(50),
+        ..ConsumerOptions::default()
+    }
+}
+
+async fn publish_job(app: &TestBroker, n: u32) {
+    app.bus().publish(&Job { n }, Uuid::new_v4()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_handler_that_fails_twice_then_succeeds_is_processed_once() {
+    let app = spawn_broker().await;
+    let worker = Arc::new(Worker::default());
+    worker.failures_left.store(2, Ordering::SeqCst);
+    let module = start(&app, worker.clone(), quick_retries()).await;
+    let mut done = app.bus().watch::<Done>().await.unwrap();
+
+    publish_job(&app, 7).await;
+    assert_eq!(done.next_within(WAIT).await.unwrap().event, Done { n: 7 });
+    let stats = module.handled(Job::SUBJECT, 3, WAIT).await.unwrap();
+    assert_eq!(
+        (stats.completed, stats.retried, stats.dead_lettered),
+        (3, 2, 0)
+    );
+    assert_eq!(worker.jobs_started.load(Ordering::SeqCst), 3);
+
+    module.shutdown().await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn events_that_exhaust_their_deliveries_are_dead_lettered_and_can_be_retried() {
+    let app = spawn_broker().await;
+    let worker = Arc::new(Worker::default());
+    worker.broken.store(true, Ordering::SeqCst);
+    let options = ConsumerOptions {
+        max_deliver: 3,
+        ..quick_retries()
+    };
+    let module = start(&app, worker.clone(), options).await;
+    let mut done = app.bus().watch::<Done>().await.unwrap();
+
+    publish_job(&app, 1).await;
+    let stats = module
+        .wait_until(Job::SUBJECT, WAIT, |s| s.dead_lettered == 1)
+        .await
+        .expect("the max-deliveries advisory is recorded");
+    assert_eq!(stats.completed, 3, "delivered max_deliver times, no more");
+
+    let letters = DeadLetters::open(app.bus().client(), Storage::Durable)
+        .await
+        .unwrap();
+    let listed = letters.list().await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let letter = &listed[0];
+    assert_eq!(letter.kind, DeadLetterKind::MaxDeliveries);
+    assert_eq!(letter.subject, Job::SUBJECT);
+    assert_eq!(letter.consumer, "worker_events_probe_job");
+    assert_eq!(letter.deliveries, 3);
+    assert!(
+        letter.reason.contains("the worker is broken"),
+        "{}",
+        letter.reason
+    );
+
+    // The operator fixes the cause, then retries.
+    worker.broken.store(false, Ordering::SeqCst);
+    letters.retry(&letter.id).await.unwrap();
+    assert_eq!(done.next_within(WAIT).await.unwrap().event, Done { n: 1 });
+    assert!(letters.list().await.unwrap().is_empty());
+
+    module.shutdown().await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_undecodable_event_is_poisoned_and_the_rest_flow_on() {
+    let app = spawn_broker().await;
+    let worker = Arc::new(Worker::default());
+    let module = start(&app, worker.clone(), quick_retries()).await;
+    let mut done = app.bus().watch::<Done>().await.unwrap();
+
+    app.bus()
+        .jetstream()
+        .publish(Job::SUBJECT, "{\"n\": \"not a number\"}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    publish_job(&app, 2).await;
+    assert_eq!(done.next_within(WAIT).await.unwrap().event, Done { n: 2 });
+    let stats = module
+        .wait_until(Job::SUBJECT, WAIT, |s| s.dead_lettered == 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        (stats.completed, stats.retried),
+        (2, 0),
+        "poison is not retried"
+    );
+
+    let listed = DeadLetters::open(app.bus().client(), Storage::Durable)
+        .await
+        .unwrap()
+        .list()
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].kind, DeadLetterKind::Poisoned);
+    assert_eq!(listed[0].deliveries, 1);
+    assert!(
+        listed[0].reason.contains("undecodable"),
+        "{}",
+        listed[0].reason
+    );
+    assert_eq!(
+        worker.jobs_started.load(Ordering::SeqCst),
+        1,
+        "the handler never saw it"
+    );
+
+    module.shutdown().await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_handler_slower_than_the_ack_wait_is_not_redelivered_under_it() {
+    let app = spawn_broker().await;
+    let worker = Arc::new(Worker::default());
+    worker.slow_ms.store(2_500, Ordering::SeqCst);
+    let options = ConsumerOptions {
+        ack_wait: Duration::from_secs(1),
+        ..quick_retries()
+    };
+    let module = start(&app, worker.clone(), options).await;
+    let mut done = app.bus().watch::<Done>().await.unwrap();
+
+    publish_job(&app, 3).await;
+    assert_eq!(done.next_within(WAIT).await.unwrap().event, Done { n: 3 });
+    // A redelivery would have come after 1 s, while the handler still ran.
+    assert_eq!(worker.jobs_started.load(Ordering::SeqCst), 1);
+    let stats = module.handled(Job::SUBJECT, 1, WAIT).await.unwrap();
+    assert_eq!((stats.completed, stats.peak_in_flight), (1, 1));
+
+    module.shutdown().await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_republished_event_is_flagged_duplicate_and_stored_once() {
+    let app = spawn_broker().await;
+    let worker = Arc::new(Worker::default());
+    let module = start(&app, worker.clone(), quick_retries()).await;
+    let mut jobs = app.bus().watch::<Job>().await.unwrap();
+
+    let meta = EventMeta {
+        event_id: Uuid::new_v4(),
+        correlation_id: Uuid::new_v4(),
+    };
+    let first = app.bus().publish_as(&Job { n: 4 }, meta).await.unwrap();
+    let again = app.bus().publish_as(&Job { n: 4 }, meta).await.unwrap();
+    assert!(!first.duplicate);
+    assert!(again.duplicate);
+    assert_eq!(
+        again.sequence, first.sequence,
+        "the stream points at the original"
+    );
+    publish_job(&app, 5).await;
+
+    // The stream holds 4 once, then 5.
+    assert_eq!(jobs.next_within(WAIT).await.unwrap().event, Job { n: 4 });
+    assert_eq!(jobs.next_within(WAIT).await.unwrap().event, Job { n: 5 });
+    module.handled(Job::SUBJECT, 2, WAIT).await.unwrap();
+    assert_eq!(worker.jobs_started.load(Ordering::SeqCst), 2);
+
+    module.shutdown().await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn events_published_while_a_module_is_down_are_handled_when_it_returns() {
+    let app = spawn_broker().await;
+    let worker = Arc::new(Worker::default());
+    let module = start(&app, worker.clone(), quick_retries()).await;
+    module.shutdown().await;
+
+    let mut done = app.bus().watch::<Done>().await.unwrap();
+    for n in 10..15 {
+        publish_job(&app, n).await;
+    }
+    let module = start(&app, worker.clone(), quick_retries()).await;
+    let mut seen: Vec<u32> = Vec::new();
+    for _ in 10..15 {
+        seen.push(done.next_within(WAIT).await.unwrap().event.n);
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, [10, 11, 12, 13, 14]);
+
+    module.shutdown().await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_idempotency_key_replays_the_first_reply() {
+    let app = spawn_broker().await;
+    let worker = Arc::new(Worker::default());
+    worker.gate_takes.store(true, Ordering::SeqCst);
+    let module = start(&app, worker.clone(), quick_retries()).await;
+    let client = app.bus().client().clone();
+
+    let send = |key: &'static str| {
+        let client = client.clone();
+        async move {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(IDEMPOTENCY_KEY, key);
+            let reply = client
+                .request_with_headers(Take::SUBJECT, headers, r#"{"what":"thing"}"#.into())
+                .await
+                .unwrap();
+            match reply.headers.as_ref().and_then(ServiceError::from_headers) {
+                Some(err) => Err(err),
+                None => Ok(serde_json::from_slice::<Taken>(&reply.payload).unwrap()),
+            }
+        }
+    };
+
+    // The first attempt is still running when the retry arrives.
+    let first = tokio::spawn(send("key-1"));
+    module
+        .wait_until(Take::SUBJECT, WAIT, |s| s.in_flight == 1)
+        .await
+        .unwrap();
+    let busy = send("key-1").await.unwrap_err();
+    assert_eq!(
+        (busy.status, busy.code.as_str()),
+        (409, "request_in_progress")
+    );
+
+    worker.gate.add_permits(10);
+    let first = first.await.unwrap().unwrap();
+    let replayed = send("key-1").await.unwrap();
+    assert_eq!(replayed, first, "same reply, same id");
+    assert_eq!(
+        worker.takes_started.load(Ordering::SeqCst),
+        1,
+        "handled once"
+    );
+
+    let other = send("key-2").await.unwrap();
+    assert_ne!(other.id, first.id);
+    assert_eq!(worker.takes_started.load(Ordering::SeqCst), 2);
+
+    module.shutdown().await;
+    app.shutdown().await;
+}
