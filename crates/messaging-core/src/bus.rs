@@ -79,11 +79,35 @@ impl Bus {
         request: &R,
         correlation_id: Uuid,
     ) -> Result<R::Reply, RequestError> {
+        self.send(request, correlation_id, None).await
+    }
+
+    /// Sends a typed request with an `Idempotency-Key`: sending it again
+    /// with the same key (after a timeout, a lost connection, a crash of
+    /// either side) gets the first reply instead of a second effect.
+    pub async fn request_with_key<R: Rpc>(
+        &self,
+        request: &R,
+        idempotency_key: &str,
+    ) -> Result<R::Reply, RequestError> {
+        self.send(request, Uuid::new_v4(), Some(idempotency_key))
+            .await
+    }
+
+    async fn send<R: Rpc>(
+        &self,
+        request: &R,
+        correlation_id: Uuid,
+        idempotency_key: Option<&str>,
+    ) -> Result<R::Reply, RequestError> {
         let subject = R::SUBJECT;
         let payload = serde_json::to_vec(request)
             .map_err(|source| RequestError::Encode { subject, source })?;
         let mut headers = HeaderMap::new();
         headers.insert(CORRELATION_ID, correlation_id.to_string().as_str());
+        if let Some(key) = idempotency_key {
+            headers.insert(crate::idempotency::IDEMPOTENCY_KEY, key);
+        }
         let outgoing = async_nats::Request::new()
             .payload(Bytes::from(payload))
             .headers(headers)

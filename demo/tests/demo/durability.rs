@@ -1,0 +1,280 @@
+//! Nothing lost, nothing twice, at the level of the whole system: poison
+//! events, retried requests, modules and brokers that stop and come back.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use messaging_core::broker::{BrokerConfig, NatsServer};
+use messaging_core::contract::{
+    subjects, GetOrder, OrderFulfilled, OrderId, OrderStatus, PlaceOrder, Product, User,
+};
+use messaging_core::dead_letter::{DeadLetterKind, DeadLetters};
+use messaging_core::{shutdown_all, Bus, Connection, ModuleHandle, RequestError, Storage};
+
+use crate::support::{instant_payments, q, spawn_system, WAIT};
+
+#[tokio::test]
+async fn a_malformed_order_created_event_is_poisoned_and_valid_orders_go_on() {
+    let system = spawn_system(Some(instant_payments())).await;
+    let user = system.user().await;
+    let product = system.product(100).await;
+    let mut fulfilled = system.bus().watch::<OrderFulfilled>().await.unwrap();
+
+    system
+        .bus()
+        .jetstream()
+        .publish(subjects::ORDER_CREATED, r#"{"order": "garbage"}"#.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let order = system.place(&user, &product, 10).await.unwrap();
+    assert_eq!(
+        fulfilled.next_within(WAIT).await.unwrap().event.order.id,
+        order.id
+    );
+
+    let payment = system.module("payment");
+    payment
+        .wait_until(subjects::ORDER_CREATED, WAIT, |s| s.dead_lettered == 1)
+        .await
+        .expect("the malformed event is dead-lettered");
+    let letters = DeadLetters::open(system.bus().client(), Storage::Durable)
+        .await
+        .unwrap()
+        .list()
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].kind, DeadLetterKind::Poisoned);
+    assert_eq!(letters[0].subject, subjects::ORDER_CREATED);
+    assert_eq!(letters[0].consumer, "payment_events_order_created");
+    assert!(
+        letters[0].reason.contains("undecodable"),
+        "{}",
+        letters[0].reason
+    );
+    system.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_retried_order_create_with_the_same_key_places_one_order() {
+    let system = spawn_system(None).await;
+    let user = system.user().await;
+    let product = system.product(100).await;
+    let request = PlaceOrder {
+        user_id: user.id,
+        product_id: product.id,
+        quantity: q(10),
+    };
+    let first = system
+        .bus()
+        .request_with_key(&request, "checkout-42")
+        .await
+        .unwrap();
+    let again = system
+        .bus()
+        .request_with_key(&request, "checkout-42")
+        .await
+        .unwrap();
+    assert_eq!(first, again);
+    assert_eq!(
+        system.get_product(&product).await.available,
+        90,
+        "reserved once"
+    );
+    let other = system
+        .bus()
+        .request_with_key(&request, "checkout-43")
+        .await
+        .unwrap();
+    assert_ne!(other.id, first.id);
+    assert_eq!(system.get_product(&product).await.available, 80);
+    system.shutdown().await;
+}
+
+#[tokio::test]
+async fn pending_orders_and_unprocessed_events_resume_after_a_restart() {
+    // First run: no payment module, so orders stay pending.
+    let system = spawn_system(None).await;
+    let user = system.user().await;
+    let product = system.product(100).await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(system.place(&user, &product, 2).await.unwrap().id);
+    }
+    let crate::support::System { broker, modules } = system;
+    shutdown_all(modules).await;
+
+    // Second run on the same broker and store: everything comes back.
+    let mut fulfilled = broker.bus().watch::<OrderFulfilled>().await.unwrap();
+    let modules = register_all(broker.bus(), Storage::Durable).await;
+    let mut done = Vec::new();
+    for _ in 0..5 {
+        done.push(fulfilled.next_within(WAIT).await.unwrap().event.order.id);
+    }
+    done.sort();
+    ids.sort();
+    assert_eq!(done, ids);
+    let after: Product = broker
+        .bus()
+        .request(&messaging_core::contract::GetProduct { id: product.id })
+        .await
+        .unwrap();
+    assert_eq!((after.stock, after.available), (90, 90));
+    shutdown_all(modules).await;
+    broker.shutdown().await;
+}
+
+async fn register_all(bus: &Bus, storage: Storage) -> Vec<ModuleHandle> {
+    let client = bus.client().clone();
+    vec![
+        user::register_with(client.clone(), storage).await.unwrap(),
+        product::register_with(client.clone(), storage)
+            .await
+            .unwrap(),
+        order::register_with(client.clone(), storage).await.unwrap(),
+        payment::register_with(client, instant_payments(), storage)
+            .await
+            .unwrap(),
+    ]
+}
+
+/// Places an order with an idempotency key, retrying through outages until
+/// the system answers.
+async fn place_until_answered(bus: &Bus, user: &User, product: &Product, key: &str) -> OrderId {
+    let request = PlaceOrder {
+        user_id: user.id,
+        product_id: product.id,
+        quantity: q(1),
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match bus.request_with_key(&request, key).await {
+            Ok(order) => return order.id,
+            Err(RequestError::Remote { error, .. })
+                if error.status < 500 && error.code != "request_in_progress" =>
+            {
+                panic!("order {key} refused: {error}")
+            }
+            Err(_) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "order {key} never went through"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Waits until every order is in a terminal state; returns the statuses.
+pub async fn terminal_statuses(
+    bus: &Bus,
+    ids: &[OrderId],
+    timeout: Duration,
+) -> HashMap<OrderId, OrderStatus> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut statuses = HashMap::new();
+    loop {
+        for id in ids {
+            if statuses
+                .get(id)
+                .is_some_and(|s: &OrderStatus| s.is_terminal())
+            {
+                continue;
+            }
+            if let Ok(order) = bus.request(&GetOrder { id: *id }).await {
+                statuses.insert(*id, order.status);
+            }
+        }
+        if statuses.len() == ids.len() && statuses.values().all(|s| s.is_terminal()) {
+            return statuses;
+        }
+        let waiting = ids.len() - statuses.values().filter(|s| s.is_terminal()).count();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{waiting} orders never finished"
+        );
+        // Polling the state the test is about, with a deadline: each round
+        // is a real query, not a guess about timing.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_broker_restarting_mid_load_loses_nothing() {
+    let store = tempfile::tempdir().unwrap();
+    let config = BrokerConfig {
+        store_dir: Some(store.path().to_owned()),
+        ..BrokerConfig::default()
+    };
+    let server = NatsServer::start_with(config.clone()).await.unwrap();
+    let port: u16 = server.url().rsplit(':').next().unwrap().parse().unwrap();
+    let url = server.url().to_owned();
+    let modules_conn = Connection::connect(&url, "modules").await.unwrap();
+    let client_conn = Connection::connect(&url, "client").await.unwrap();
+    let modules = register_all(modules_conn.bus(), Storage::Durable).await;
+    let bus = client_conn.bus().clone();
+    let user = bus
+        .request(&messaging_core::contract::CreateUser {
+            name: messaging_core::contract::Name::parse("Ada").unwrap(),
+        })
+        .await
+        .unwrap();
+    let product: Product = bus
+        .request(&messaging_core::contract::CreateProduct {
+            name: messaging_core::contract::Name::parse("Widget").unwrap(),
+            stock: q(1000),
+        })
+        .await
+        .unwrap();
+
+    // Orders keep coming while the broker goes away and comes back.
+    let placing = {
+        let (bus, user, product) = (bus.clone(), user.clone(), product.clone());
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..60 {
+                ids.push(
+                    place_until_answered(&bus, &user, &product, &format!("restart-{i}")).await,
+                );
+            }
+            ids
+        })
+    };
+    let mut created = bus
+        .watch::<messaging_core::contract::OrderCreated>()
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        created.next_within(WAIT).await.unwrap();
+    }
+    server.stop().await.unwrap();
+    let server = NatsServer::start_with(BrokerConfig {
+        port: Some(port),
+        ..config
+    })
+    .await
+    .unwrap();
+
+    let ids = tokio::time::timeout(Duration::from_secs(120), placing)
+        .await
+        .unwrap()
+        .unwrap();
+    let statuses = terminal_statuses(&bus, &ids, Duration::from_secs(120)).await;
+    assert!(
+        statuses.values().all(|s| *s == OrderStatus::Fulfilled),
+        "{statuses:?}"
+    );
+    let after: Product = bus
+        .request(&messaging_core::contract::GetProduct { id: product.id })
+        .await
+        .unwrap();
+    assert_eq!((after.stock, after.available), (1000 - 60, 1000 - 60));
+
+    shutdown_all(modules).await;
+    modules_conn.drain(WAIT).await.unwrap();
+    client_conn.drain(WAIT).await.unwrap();
+    server.stop().await.unwrap();
+}
