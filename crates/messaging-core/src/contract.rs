@@ -141,6 +141,14 @@ id_type!(
     PaymentId
 );
 
+impl PaymentId {
+    /// The payment id of an order: the same for every attempt at paying it.
+    pub fn for_order(order: OrderId) -> Self {
+        const NAMESPACE: Uuid = Uuid::from_u128(0x9a7e_0b1d_3c55_4f0e_8d2a_6b4c_1e9f_0a11);
+        Self(Uuid::new_v5(&NAMESPACE, order.0.as_bytes()))
+    }
+}
+
 /// A display name: trimmed, not blank, at most [`Name::MAX_LEN`] characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

@@ -24,7 +24,7 @@ pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// After this long, an unfinished first attempt is presumed dead.
-pub const STALE_CLAIM: Duration = Duration::from_secs(30);
+pub const STALE_CLAIM: Duration = Duration::from_secs(10);
 
 const BUCKET: &str = "idempotency";
 const NAMESPACE: Uuid = Uuid::from_u128(0x1de3_9073_4c0e_4a11_b0b5_7e57_ab1e_c0de);

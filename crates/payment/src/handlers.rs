@@ -27,8 +27,11 @@ pub async fn order_created(
         }
         None => {
             tokio::time::sleep(payments.config().delay).await;
+            // One payment id per order, whichever delivery takes it: a real
+            // payment gateway, given this id as its idempotency key, charges
+            // once even if two deliveries race here.
             let payment = Payment {
-                id: PaymentId(ctx.derive_id("payment")),
+                id: PaymentId::for_order(order.id),
                 order_id: order.id,
             };
             let outcome = payments.decide(&order);

@@ -46,7 +46,7 @@ async fn finish(child: Child) -> (std::process::ExitStatus, String) {
 }
 
 /// The broker pid the demo logged (`pid=1234`).
-fn broker_pid(output: &str) -> u32 {
+pub(crate) fn broker_pid(output: &str) -> u32 {
     let line = output
         .lines()
         .find(|l| l.contains("nats server started"))
@@ -66,7 +66,7 @@ fn assert_clean(output: &str) {
     assert!(output.contains("shut down cleanly"), "{output}");
 }
 
-fn assert_gone(pid: u32) {
+pub(crate) fn assert_gone(pid: u32) {
     assert!(
         !Path::new(&format!("/proc/{pid}")).exists(),
         "nats-server {pid} is still there"
@@ -95,16 +95,16 @@ async fn the_demo_runs_the_scenario_and_exits_cleanly() {
 }
 
 /// A `demo` process whose stdout is being read.
-struct Running {
-    child: Child,
-    pid: u32,
-    seen: String,
+pub(crate) struct Running {
+    pub(crate) child: Child,
+    pub(crate) pid: u32,
+    pub(crate) seen: String,
     rest: tokio::task::JoinHandle<String>,
 }
 
 /// Starts `demo` with `args` and returns once it printed a line containing
 /// `marker`.
-async fn start_until(args: &[&str], marker: &str) -> Running {
+pub(crate) async fn start_until(args: &[&str], marker: &str) -> Running {
     let mut child = demo(args).spawn().unwrap();
     let pid = child.id().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -139,11 +139,11 @@ async fn start_until(args: &[&str], marker: &str) -> Running {
 }
 
 impl Running {
-    fn signal(&self, signal: Signal) {
+    pub(crate) fn signal(&self, signal: Signal) {
         kill(Pid::from_raw(self.pid as i32), signal).unwrap();
     }
 
-    async fn finish(self) -> (std::process::ExitStatus, String) {
+    pub(crate) async fn finish(self) -> (std::process::ExitStatus, String) {
         let (status, stderr) = finish(self.child).await;
         let rest = self.rest.await.unwrap();
         (status, self.seen + &rest + &stderr)

@@ -229,9 +229,9 @@ impl App {
             .map_or(0, |stats| stats.completed)
     }
 
-    /// Waits until the order module has handled `count` events of `subject`,
-    /// then flushes: an event published by those handlers (on this same
-    /// connection) has then reached every watcher of this connection.
+    /// Waits until the order module has handled `count` events of `subject`.
+    /// A handler completes only after the stream acknowledged what it
+    /// published, so those events are stored by then, ready for watchers.
     pub async fn handled(&self, subject: &str, count: u64) {
         let stats = self
             .module
