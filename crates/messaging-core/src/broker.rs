@@ -113,6 +113,8 @@ pub struct BrokerConfig {
     /// Listen on this port; `None` lets the server pick a free one (use a
     /// fixed port only to restart a server where its clients expect it).
     pub port: Option<u16>,
+    /// Enable JetStream (the modules need it; off only to test that they say so).
+    pub jetstream: bool,
 }
 
 impl Default for BrokerConfig {
@@ -124,6 +126,7 @@ impl Default for BrokerConfig {
             stop_timeout: Duration::from_secs(10),
             sync: SyncMode::default(),
             port: None,
+            jetstream: true,
         }
     }
 }
@@ -250,11 +253,12 @@ impl NatsServer {
         let port = config.port.map_or("-1".to_owned(), |p| p.to_string());
         let mut command = Command::new(&binary);
         command
-            .args(["-a", "127.0.0.1", "-p", &port, "-js"])
+            .args(["-a", "127.0.0.1", "-p", &port])
             .arg("--ports_file_dir")
-            .arg(ports_dir.path())
-            .arg("-sd")
-            .arg(&store_dir);
+            .arg(ports_dir.path());
+        if config.jetstream {
+            command.arg("-js").arg("-sd").arg(&store_dir);
+        }
         if config.sync == SyncMode::Always {
             // Only settable in a configuration file.
             let file = ports_dir.path().join("sync.conf");

@@ -229,3 +229,109 @@ async fn bad_flags_and_unreachable_servers_are_one_clear_error() {
         assert!(!output.contains("panicked"), "{args:?}:\n{output}");
     }
 }
+
+#[tokio::test]
+async fn a_server_without_jetstream_is_one_clear_error() {
+    let server = NatsServer::start_with(messaging_core::broker::BrokerConfig {
+        jetstream: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let child = demo(&["--nats-url", server.url(), "--payment-delay", "0"])
+        .spawn()
+        .unwrap();
+    let (status, output) = finish(child).await;
+    assert!(!status.success(), "{output}");
+    assert!(output.contains("has no JetStream"), "{output}");
+    assert!(!output.contains("panicked"), "{output}");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn dead_letters_can_be_listed_and_retried_from_the_command_line() {
+    use messaging_core::contract::subjects;
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap().to_owned();
+
+    // A system on that store receives a malformed event and gives up on it.
+    let server = NatsServer::start_with(messaging_core::broker::BrokerConfig {
+        store_dir: Some(data.path().to_owned()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let connection = messaging_core::Connection::connect(server.url(), "test")
+        .await
+        .unwrap();
+    let payment = payment::register(
+        connection.client().clone(),
+        payment::PaymentConfig::default(),
+    )
+    .await
+    .unwrap();
+    connection
+        .bus()
+        .jetstream()
+        .publish(subjects::ORDER_CREATED, "not json".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    payment
+        .wait_until(subjects::ORDER_CREATED, WAIT, |s| s.dead_lettered == 1)
+        .await
+        .unwrap();
+    payment.shutdown().await;
+    connection.drain(WAIT).await.unwrap();
+    server.stop().await.unwrap();
+
+    let list = |args: Vec<String>| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (status, output) = finish(demo(&args).spawn().unwrap()).await;
+        assert!(status.success(), "{args:?}: {output}");
+        output
+    };
+    let listed = list(vec![
+        "dead-letters".into(),
+        "list".into(),
+        "--data-dir".into(),
+        dir.clone(),
+    ])
+    .await;
+    let line = listed
+        .lines()
+        .find(|l| l.contains(subjects::ORDER_CREATED))
+        .unwrap_or_else(|| panic!("no dead letter listed:\n{listed}"));
+    assert!(
+        line.contains("Poisoned") && line.contains("undecodable"),
+        "{line}"
+    );
+    let id = line.split('\t').next().unwrap().to_owned();
+    assert_eq!(id.split('.').next(), Some("payment_events_order_created"));
+
+    let retried = list(vec![
+        "dead-letters".into(),
+        "retry".into(),
+        id.clone(),
+        "--data-dir".into(),
+        dir.clone(),
+    ])
+    .await;
+    assert!(retried.contains(&format!("re-published {id}")), "{retried}");
+    let empty = list(vec![
+        "dead-letters".into(),
+        "list".into(),
+        "--data-dir".into(),
+        dir.clone(),
+    ])
+    .await;
+    assert!(empty.contains("no dead letters"), "{empty}");
+
+    let (status, output) = finish(demo(&["dead-letters", "list"]).spawn().unwrap()).await;
+    assert!(!status.success());
+    assert!(
+        output.contains("pass --data-dir DIR or --nats-url URL"),
+        "{output}"
+    );
+}
