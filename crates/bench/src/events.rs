@@ -1,0 +1,185 @@
+//! Event overhead: raw JetStream publish-with-ack against `Bus::publish`, and
+//! a raw pull consumer with explicit acks against a module's durable event
+//! handler. Same broker, interleaved rounds.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use messaging_core::contract::Event;
+use messaging_core::{Bus, Context, Module, ModuleSpec, ServiceError, Storage, EVENTS_STREAM};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::report::Report;
+
+const RAW_SUBJECT: &str = "events.bench.raw";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Tick {
+    pub n: u64,
+    pub note: String,
+}
+impl Event for Tick {
+    const SUBJECT: &'static str = "events.bench.ours";
+}
+
+/// Publishes `total` events with `window` acks in flight.
+async fn publish(bus: &Bus, ours: bool, window: usize, total: usize) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    if ours {
+        // Ours awaits each ack in its publisher: `window` concurrent publishers.
+        let per = total.div_ceil(window);
+        let publishers = (0..window).map(|w| {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                for i in 0..per {
+                    let tick = Tick {
+                        n: (w * per + i) as u64,
+                        note: "bench".into(),
+                    };
+                    bus.publish(&tick, Uuid::new_v4()).await?;
+                }
+                anyhow::Ok(())
+            })
+        });
+        for publisher in futures::future::join_all(publishers).await {
+            publisher??;
+        }
+    } else {
+        let js = bus.jetstream();
+        let mut acks = FuturesUnordered::new();
+        for n in 0..total {
+            let payload = serde_json::to_vec(&Tick {
+                n: n as u64,
+                note: "bench".into(),
+            })?;
+            acks.push(std::future::IntoFuture::into_future(
+                js.publish(RAW_SUBJECT, payload.into()).await?,
+            ));
+            if acks.len() >= window {
+                acks.next().await.expect("one in flight")?;
+            }
+        }
+        while let Some(ack) = acks.next().await {
+            ack?;
+        }
+    }
+    Ok(started.elapsed())
+}
+
+struct Counter {
+    seen: AtomicU64,
+}
+
+async fn count(counter: Arc<Counter>, _: Context, _: Tick) -> Result<(), ServiceError> {
+    counter.seen.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Consumes the `total` events waiting on the subject, from a new durable
+/// consumer, acking each.
+async fn consume(bus: &Bus, ours: bool, round: usize, total: usize) -> anyhow::Result<Duration> {
+    if ours {
+        // A fresh module name gives a fresh durable consumer that starts at
+        // the beginning of the (purged) subject.
+        let name: &'static str = Box::leak(format!("bench-ours-{round}").into_boxed_str());
+        let spec = ModuleSpec {
+            name,
+            version: "0.1.0",
+            description: "bench consumer",
+        };
+        let counter = Arc::new(Counter {
+            seen: AtomicU64::new(0),
+        });
+        let started = Instant::now();
+        let mut module = Module::start(bus.clone(), spec, counter, Storage::Memory).await?;
+        module.on_event(count).await?;
+        let module = module.running();
+        module
+            .handled(Tick::SUBJECT, total as u64, Duration::from_secs(300))
+            .await
+            .ok_or_else(|| anyhow::anyhow!("our consumer did not finish"))?;
+        let elapsed = started.elapsed();
+        module.shutdown().await;
+        Ok(elapsed)
+    } else {
+        let started = Instant::now();
+        let stream = bus.jetstream().get_stream(EVENTS_STREAM).await?;
+        let consumer = stream
+            .create_consumer(pull::Config {
+                durable_name: Some(format!("bench-raw-{round}")),
+                filter_subject: RAW_SUBJECT.to_owned(),
+                ack_policy: AckPolicy::Explicit,
+                deliver_policy: DeliverPolicy::All,
+                max_ack_pending: 10_000,
+                ..Default::default()
+            })
+            .await?;
+        let mut messages = consumer.messages().await?;
+        let mut seen = 0;
+        while seen < total {
+            let message = messages
+                .next()
+                .await
+                .ok_or_else(|| anyhow::anyhow!("stream ended"))??;
+            let _: Tick = serde_json::from_slice(&message.payload)?;
+            message.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            seen += 1;
+        }
+        Ok(started.elapsed())
+    }
+}
+
+async fn purge(bus: &Bus, subject: &str) -> anyhow::Result<()> {
+    let stream = bus.jetstream().get_stream(EVENTS_STREAM).await?;
+    stream.purge().filter(subject).await?;
+    Ok(())
+}
+
+/// Runs the interleaved pairs and records their figures.
+pub async fn run(
+    bus: &Bus,
+    report: &mut Report,
+    rounds: usize,
+    total: usize,
+    window: usize,
+) -> anyhow::Result<()> {
+    messaging_core::ensure_stream(bus.jetstream()).await?;
+    let mut publish_time = [Duration::ZERO; 2];
+    let mut consume_time = [Duration::ZERO; 2];
+    for round in 0..rounds {
+        for (side, ours, subject) in [(0, false, RAW_SUBJECT), (1, true, Tick::SUBJECT)] {
+            purge(bus, subject).await?;
+            publish_time[side] += publish(bus, ours, window, total).await?;
+            consume_time[side] += consume(bus, ours, round, total).await?;
+        }
+    }
+    let events = (total * rounds) as f64;
+    for (side, name) in [(0, "raw"), (1, "ours")] {
+        report.add(
+            format!("events.publish.{name}.msgs_per_s"),
+            events / publish_time[side].as_secs_f64(),
+            "msg/s",
+        );
+        report.add(
+            format!("events.consume.{name}.msgs_per_s"),
+            events / consume_time[side].as_secs_f64(),
+            "msg/s",
+        );
+    }
+    report.ratio(
+        "events.publish.ratio",
+        "events.publish.ours.msgs_per_s",
+        "events.publish.raw.msgs_per_s",
+    );
+    report.ratio(
+        "events.consume.ratio",
+        "events.consume.ours.msgs_per_s",
+        "events.consume.raw.msgs_per_s",
+    );
+    Ok(())
+}

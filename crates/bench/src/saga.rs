@@ -1,0 +1,289 @@
+//! The whole saga under load: orders placed by N concurrent clients against
+//! the real modules (payment delay 0), timed from `order.create` to the
+//! `events.order.fulfilled` event, with the CPU both processes spent.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use indicatif::ProgressBar;
+use messaging_core::broker::{BrokerConfig, NatsServer};
+use messaging_core::contract::{
+    CreateProduct, CreateUser, Name, OrderFulfilled, OrderId, PlaceOrder, Product, Quantity, User,
+};
+use messaging_core::{shutdown_all, Bus, Connection, ModuleHandle, Storage};
+use payment::PaymentConfig;
+use tokio::sync::oneshot;
+
+use crate::process::{cpu_seconds, rss_mib};
+use crate::report::{histogram, Report};
+
+/// Orders spread over this many products (one product would make every
+/// order contend for the same stock record).
+const PRODUCTS: usize = 16;
+
+/// Where each order's completion is reported, whichever comes first: the
+/// event, or the client asking for it.
+enum Slot {
+    Waiting(oneshot::Sender<Instant>),
+    Arrived(Instant),
+}
+
+#[derive(Default)]
+struct Completions {
+    slots: Mutex<HashMap<OrderId, Slot>>,
+}
+
+impl Completions {
+    fn arrived(&self, id: OrderId) {
+        let now = Instant::now();
+        let mut slots = self.slots.lock().expect("slots");
+        match slots.remove(&id) {
+            Some(Slot::Waiting(tx)) => {
+                let _ = tx.send(now);
+            }
+            _ => {
+                slots.insert(id, Slot::Arrived(now));
+            }
+        }
+    }
+
+    async fn wait(&self, id: OrderId) -> anyhow::Result<Instant> {
+        let rx = {
+            let mut slots = self.slots.lock().expect("slots");
+            if let Some(Slot::Arrived(at)) = slots.remove(&id) {
+                return Ok(at);
+            }
+            let (tx, rx) = oneshot::channel();
+            slots.insert(id, Slot::Waiting(tx));
+            rx
+        };
+        Ok(tokio::time::timeout(Duration::from_secs(60), rx).await??)
+    }
+}
+
+/// The modules on their own broker, with a user and products to order.
+pub struct System {
+    server: NatsServer,
+    modules_conn: Connection,
+    client_conn: Connection,
+    modules: Vec<ModuleHandle>,
+    user: User,
+    products: Vec<Product>,
+    completions: Arc<Completions>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl System {
+    pub async fn start(storage: Storage, stock: u32) -> anyhow::Result<System> {
+        let server = NatsServer::start_with(BrokerConfig::default()).await?;
+        let modules_conn = Connection::connect(server.url(), "bench-modules").await?;
+        let client_conn = Connection::connect(server.url(), "bench-clients").await?;
+        let client = modules_conn.client().clone();
+        let payment = PaymentConfig {
+            delay: Duration::ZERO,
+            ..PaymentConfig::default()
+        };
+        let modules = vec![
+            user::register_with(client.clone(), storage).await?,
+            product::register_with(client.clone(), storage).await?,
+            order::register_with(client.clone(), storage).await?,
+            payment::register_with(client, payment, storage).await?,
+        ];
+        let bus = client_conn.bus().clone();
+        let user = bus
+            .request(&CreateUser {
+                name: Name::parse("Bench").expect("name"),
+            })
+            .await?;
+        let mut products = Vec::new();
+        for i in 0..PRODUCTS {
+            let name = Name::parse(format!("Widget {i}")).expect("name");
+            let stock = Quantity::new(stock).map_err(anyhow::Error::msg)?;
+            products.push(bus.request(&CreateProduct { name, stock }).await?);
+        }
+        let completions = Arc::new(Completions::default());
+        let mut fulfilled = bus.watch::<OrderFulfilled>().await?;
+        let watcher = tokio::spawn({
+            let completions = completions.clone();
+            async move {
+                while let Ok(event) = fulfilled.next_within(Duration::from_secs(3600)).await {
+                    completions.arrived(event.event.order.id);
+                }
+            }
+        });
+        Ok(System {
+            server,
+            modules_conn,
+            client_conn,
+            modules,
+            user,
+            products,
+            completions,
+            watcher,
+        })
+    }
+
+    fn bus(&self) -> &Bus {
+        self.client_conn.bus()
+    }
+
+    /// Places `total` orders from `clients` concurrent clients; returns the
+    /// wall time and the create-to-fulfilled latencies.
+    pub async fn load(
+        &self,
+        clients: usize,
+        total: usize,
+        progress: &ProgressBar,
+    ) -> anyhow::Result<(Duration, Histogram<u64>)> {
+        let next = Arc::new(AtomicUsize::new(0));
+        let started = Instant::now();
+        let workers = (0..clients).map(|_| {
+            let (bus, completions, next) =
+                (self.bus().clone(), self.completions.clone(), next.clone());
+            let (user, products, progress) =
+                (self.user.id, self.products.clone(), progress.clone());
+            tokio::spawn(async move {
+                let mut latencies = histogram();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total {
+                        break;
+                    }
+                    let product = &products[i % products.len()];
+                    let t0 = Instant::now();
+                    let order = bus
+                        .request(&PlaceOrder {
+                            user_id: user,
+                            product_id: product.id,
+                            quantity: Quantity::new(1).expect("one"),
+                        })
+                        .await?;
+                    let done = completions.wait(order.id).await?;
+                    latencies.record(done.duration_since(t0).as_micros().max(1) as u64)?;
+                    progress.inc(1);
+                }
+                anyhow::Ok(latencies)
+            })
+        });
+        let mut merged = histogram();
+        for worker in futures::future::join_all(workers).await {
+            merged.add(worker??)?;
+        }
+        Ok((started.elapsed(), merged))
+    }
+
+    pub fn broker_pid(&self) -> Option<u32> {
+        self.server.pid()
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.watcher.abort();
+        shutdown_all(self.modules).await;
+        self.modules_conn.drain(Duration::from_secs(10)).await?;
+        self.client_conn.drain(Duration::from_secs(10)).await?;
+        self.server.stop().await?;
+        Ok(())
+    }
+}
+
+fn bar(quiet: bool, len: usize, label: String) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:>24} [{bar:30}] {pos}/{len} {per_sec}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(label);
+    bar
+}
+
+/// Saga figures for each mode and each number of clients.
+pub async fn run(
+    report: &mut Report,
+    levels: &[usize],
+    orders: usize,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    for (mode, storage) in [
+        ("durable", Storage::Durable),
+        ("ephemeral", Storage::Memory),
+    ] {
+        let stock = (orders * levels.len()).div_ceil(PRODUCTS) as u32 + 10;
+        let system = System::start(storage, stock).await?;
+        // Warm-up, not recorded.
+        system
+            .load(16, 200.min(orders), &ProgressBar::hidden())
+            .await?;
+        for &clients in levels {
+            // One client at a time is slow: fewer orders keep the phase short.
+            let total = if clients == 1 {
+                (orders / 5).max(50)
+            } else {
+                orders
+            };
+            let progress = bar(quiet, total, format!("saga {mode} c{clients}"));
+            let (ours0, nats0) = (cpu_seconds(None), cpu_seconds(system.broker_pid()));
+            let (elapsed, latencies) = system.load(clients, total, &progress).await?;
+            let (ours1, nats1) = (cpu_seconds(None), cpu_seconds(system.broker_pid()));
+            progress.finish_and_clear();
+            let prefix = format!("saga.{mode}.c{clients}");
+            report.add(
+                format!("{prefix}.orders_per_s"),
+                total as f64 / elapsed.as_secs_f64(),
+                "orders/s",
+            );
+            report.latency(&prefix, &latencies, true);
+            let per_k = 1000.0 / total as f64;
+            report.add(
+                format!("{prefix}.cpu_ours"),
+                (ours1 - ours0) * per_k,
+                "cpu-s/1k-orders",
+            );
+            report.add(
+                format!("{prefix}.cpu_nats"),
+                (nats1 - nats0) * per_k,
+                "cpu-s/1k-orders",
+            );
+        }
+        system.stop().await?;
+    }
+    Ok(())
+}
+
+/// A long run: memory must stay flat and the rate must hold.
+pub async fn soak(
+    report: &mut Report,
+    orders: usize,
+    clients: usize,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let stock = orders.div_ceil(PRODUCTS) as u32 + 10;
+    let system = System::start(Storage::Durable, stock).await?;
+    let progress = bar(quiet, orders, "soak".to_owned());
+    let tenth = (orders / 10).max(1);
+    // Ten slices; RSS after the 1st, 5th and 10th; rate of the first and last.
+    let mut rates = Vec::new();
+    for slice in 1..=10 {
+        let (elapsed, _) = system.load(clients, tenth, &progress).await?;
+        rates.push(tenth as f64 / elapsed.as_secs_f64());
+        if matches!(slice, 1 | 5 | 10) {
+            report.add(format!("soak.rss_at_{}pct", slice * 10), rss_mib(), "MiB");
+        }
+    }
+    progress.finish_and_clear();
+    report.add("soak.orders", (tenth * 10) as f64, "orders");
+    report.add("soak.first_10pct.orders_per_s", rates[0], "orders/s");
+    report.add("soak.last_10pct.orders_per_s", rates[9], "orders/s");
+    report.ratio(
+        "soak.last_over_first",
+        "soak.last_10pct.orders_per_s",
+        "soak.first_10pct.orders_per_s",
+    );
+    system.stop().await
+}
