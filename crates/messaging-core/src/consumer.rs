@@ -267,8 +267,11 @@ async fn with_progress<T>(
     work: impl Future<Output = T>,
 ) -> T {
     tokio::pin!(work);
-    let mut ticks = tokio::time::interval(ack_wait / 3);
-    ticks.tick().await; // the first tick is immediate
+    // The first tick one period from now: awaiting an "immediate" first tick
+    // would still go through the timer wheel and cost up to a millisecond
+    // on every event.
+    let period = ack_wait / 3;
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
         tokio::select! {
             result = &mut work => return result,
