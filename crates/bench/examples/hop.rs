@@ -7,11 +7,19 @@ use messaging_core::{Context, Module, ModuleSpec, ServiceError, Storage};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Ping { n: u32 }
-impl Event for Ping { const SUBJECT: &'static str = "events.hop.ping"; }
+struct Ping {
+    n: u32,
+}
+impl Event for Ping {
+    const SUBJECT: &'static str = "events.hop.ping";
+}
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Pong { n: u32 }
-impl Event for Pong { const SUBJECT: &'static str = "events.hop.pong"; }
+struct Pong {
+    n: u32,
+}
+impl Event for Pong {
+    const SUBJECT: &'static str = "events.hop.pong";
+}
 
 static START: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
 async fn on_ping(_: Arc<()>, ctx: Context, p: Ping) -> Result<(), ServiceError> {
@@ -27,7 +35,17 @@ async fn main() -> anyhow::Result<()> {
     let server = messaging_core::broker::NatsServer::start().await?;
     let conn = messaging_core::Connection::connect(server.url(), "hop").await?;
     let bus = conn.bus().clone();
-    let mut m = Module::start(bus.clone(), ModuleSpec { name: "hop", version: "0.1.0", description: "" }, Arc::new(()), Storage::Memory).await?;
+    let mut m = Module::start(
+        bus.clone(),
+        ModuleSpec {
+            name: "hop",
+            version: "0.1.0",
+            description: "",
+        },
+        Arc::new(()),
+        Storage::Memory,
+    )
+    .await?;
     m.on_event(on_ping).await?;
     let m = m.running();
     let mut pongs = bus.watch::<Pong>().await?;
@@ -41,10 +59,15 @@ async fn main() -> anyhow::Result<()> {
         let t2 = t0.elapsed();
         pongs.next_within(Duration::from_secs(5)).await?;
         let t3 = t0.elapsed();
-        println!("publish+ack {:?}  watcher sees ping {:?}  pong seen {:?}", t1, t2, t3);
+        println!(
+            "publish+ack {:?}  watcher sees ping {:?}  pong seen {:?}",
+            t1, t2, t3
+        );
     }
     let t0 = Instant::now();
-    for _ in 0..100 { bus.client().flush().await?; }
+    for _ in 0..100 {
+        bus.client().flush().await?;
+    }
     println!("flush rtt {:?}", t0.elapsed() / 100);
     m.shutdown().await;
     conn.drain(Duration::from_secs(5)).await?;

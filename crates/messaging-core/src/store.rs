@@ -10,7 +10,6 @@
 //! whether they run in one process or in several.
 
 use std::collections::HashMap;
-use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -78,6 +77,9 @@ const MAX_ATTEMPTS: usize = 1_000;
 /// How many locks [`Table::modify`] stripes its keys over.
 const LOCK_STRIPES: usize = 256;
 
+/// How many recently written values a table remembers (see [`Table::modify`]).
+const CACHE_ENTRIES: usize = 8_192;
+
 /// A table of `V`s by string key.
 pub struct Table<V> {
     backend: Backend,
@@ -88,7 +90,11 @@ pub struct Table<V> {
     /// each, again and again. Queueing local writers costs nothing, and CAS
     /// still guards against other processes.
     stripes: Arc<[tokio::sync::Mutex<()>]>,
-    _value: PhantomData<fn() -> V>,
+    /// The last value this process wrote or read per key, with its revision,
+    /// so that `modify` can try its compare-and-set without reading first.
+    /// Bounded (least recently used go first); a stale entry only costs a
+    /// failed compare-and-set and a fresh read.
+    cache: Arc<Mutex<lru::LruCache<String, Versioned<V>>>>,
 }
 
 impl<V> Clone for Table<V> {
@@ -96,9 +102,14 @@ impl<V> Clone for Table<V> {
         Self {
             backend: self.backend.clone(),
             stripes: self.stripes.clone(),
-            _value: PhantomData,
+            cache: self.cache.clone(),
         }
     }
+}
+
+fn cache<V>() -> Arc<Mutex<lru::LruCache<String, Versioned<V>>>> {
+    let capacity = std::num::NonZeroUsize::new(CACHE_ENTRIES).expect("non-zero");
+    Arc::new(Mutex::new(lru::LruCache::new(capacity)))
 }
 
 fn stripes() -> Arc<[tokio::sync::Mutex<()>]> {
@@ -126,7 +137,7 @@ struct Memory {
     last_revision: u64,
 }
 
-impl<V: Serialize + DeserializeOwned> Table<V> {
+impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
     /// Opens (creating it if needed) the bucket `name`.
     ///
     /// `max_age` bounds how long entries live (`None`: forever).
@@ -157,7 +168,7 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
         Ok(Self {
             backend,
             stripes: stripes(),
-            _value: PhantomData,
+            cache: cache(),
         })
     }
 
@@ -166,7 +177,7 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
         Self {
             backend: Backend::Memory(Arc::default()),
             stripes: stripes(),
-            _value: PhantomData,
+            cache: cache(),
         }
     }
 
@@ -192,6 +203,12 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
 
     /// Writes `value` only if `key` does not exist.
     pub async fn create(&self, key: &str, value: &V) -> Result<u64, StoreError> {
+        let revision = self.create_raw(key, value).await?;
+        self.remember(key, value.clone(), revision);
+        Ok(revision)
+    }
+
+    async fn create_raw(&self, key: &str, value: &V) -> Result<u64, StoreError> {
         let bytes = encode(value);
         match &self.backend {
             Backend::Memory(memory) => {
@@ -241,6 +258,12 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
 
     /// Writes `value` whatever is there.
     pub async fn put(&self, key: &str, value: &V) -> Result<u64, StoreError> {
+        let revision = self.put_raw(key, value).await?;
+        self.remember(key, value.clone(), revision);
+        Ok(revision)
+    }
+
+    async fn put_raw(&self, key: &str, value: &V) -> Result<u64, StoreError> {
         let bytes = encode(value);
         match &self.backend {
             Backend::Memory(memory) => {
@@ -255,6 +278,7 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.cache.lock().expect("cache lock").pop(key);
         match &self.backend {
             Backend::Memory(memory) => {
                 memory.lock().expect("table lock").rows.remove(key);
@@ -284,6 +308,10 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
     /// Reads `key`, lets `decide` choose what to do, and writes the result
     /// with compare-and-set, retrying from a fresh read if somebody else
     /// wrote in between. `decide` may run several times: keep it pure.
+    ///
+    /// The first attempt starts from the value this process last saw for the
+    /// key, when it has one: one round trip instead of two. If another
+    /// process wrote since, the compare-and-set fails and the loop reads.
     pub async fn modify<T, E>(
         &self,
         key: &str,
@@ -293,10 +321,19 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
         E: From<StoreError>,
     {
         let _local_turn = self.stripes[stripe_of(key)].lock().await;
+        let mut cached = self.cache.lock().expect("cache lock").get(key).cloned();
         for _ in 0..MAX_ATTEMPTS {
-            let current = self.get(key).await?;
+            let from_cache = cached.is_some();
+            let current = match cached.take() {
+                Some(seen) => Some(seen),
+                None => self.get(key).await?,
+            };
+            // A cached value may be stale: only a successful write proves
+            // it was current, so decisions that write nothing are made on
+            // fresh reads.
             let change = decide(current.as_ref().map(|c| &c.value))?;
             let (value, result) = match change {
+                Change::Keep(_) if from_cache => continue,
                 Change::Keep(result) => return Ok(result),
                 Change::Write(value, result) => (value, result),
             };
@@ -305,12 +342,23 @@ impl<V: Serialize + DeserializeOwned> Table<V> {
                 None => self.create(key, &value).await,
             };
             match written {
-                Ok(_) => return Ok(result),
+                Ok(revision) => {
+                    self.remember(key, value, revision);
+                    return Ok(result);
+                }
                 Err(StoreError::Conflict(_) | StoreError::Exists(_)) => continue,
                 Err(other) => return Err(other.into()),
             }
         }
         Err(StoreError::Conflict(key.to_owned()).into())
+    }
+
+    fn remember(&self, key: &str, value: V, revision: u64) {
+        let entry = Versioned { value, revision };
+        self.cache
+            .lock()
+            .expect("cache lock")
+            .put(key.to_owned(), entry);
     }
 }
 

@@ -20,24 +20,19 @@ pub async fn order_created(
     event: OrderCreated,
 ) -> Result<(), ServiceError> {
     let order = event.order;
-    let record = match payments.get(order.id).await? {
-        Some(record) => {
-            tracing::debug!(order_id = %order.id, "payment already taken; announcing it again");
-            record
-        }
-        None => {
-            tokio::time::sleep(payments.config().delay).await;
-            // One payment id per order, whichever delivery takes it: a real
-            // payment gateway, given this id as its idempotency key, charges
-            // once even if two deliveries race here.
-            let payment = Payment {
-                id: PaymentId::for_order(order.id),
-                order_id: order.id,
-            };
-            let outcome = payments.decide(&order);
-            payments.record(PaymentRecord { payment, outcome }).await?
-        }
+    // No read first: the payment is simulated, then recorded with
+    // create-if-absent. A duplicate delivery finds the first record there
+    // and announces *that* outcome again: each order is charged once.
+    tokio::time::sleep(payments.config().delay).await;
+    // One payment id per order, whichever delivery takes it: a real payment
+    // gateway, given this id as its idempotency key, charges once even if
+    // two deliveries race here.
+    let payment = Payment {
+        id: PaymentId::for_order(order.id),
+        order_id: order.id,
     };
+    let outcome = payments.decide(&order);
+    let record = payments.record(PaymentRecord { payment, outcome }).await?;
     let fact = format!("payment/{}", order.id);
     let payment = record.payment;
     match record.outcome {
