@@ -15,7 +15,10 @@ use messaging_core::{shutdown_all, Bus, Connection, ModuleHandle, Storage};
 use payment::PaymentConfig;
 
 /// How long the connection may take to drain at shutdown.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a whole shutdown may take.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Where the broker comes from.
 #[derive(Debug, Clone)]
@@ -74,6 +77,10 @@ impl App {
     }
 
     /// Stops everything gracefully; see the module docs for the order.
+    ///
+    /// Bounded: if the broker is gone, the modules cannot flush and the
+    /// connection cannot drain; after [`SHUTDOWN_TIMEOUT`] we give up on
+    /// them, and the broker (if ours) is killed when dropped.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let App {
             server,
@@ -81,11 +88,13 @@ impl App {
             modules,
             ..
         } = self;
-        shutdown_all(modules).await;
-        connection
-            .drain(DRAIN_TIMEOUT)
-            .await
-            .context("draining the connection")?;
+        tokio::time::timeout(SHUTDOWN_TIMEOUT, async {
+            shutdown_all(modules).await;
+            connection.drain(DRAIN_TIMEOUT).await
+        })
+        .await
+        .context("modules did not stop in time (is the broker gone?)")?
+        .context("draining the connection")?;
         if let Some(server) = server {
             server.stop().await.context("stopping nats-server")?;
         }

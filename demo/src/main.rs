@@ -66,15 +66,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return dead_letters(broker, storage, action).await;
     }
 
-    let interrupted = interrupted();
-    tokio::pin!(interrupted);
+    let signal = interrupted();
+    tokio::pin!(signal);
 
     let app = tokio::select! {
         app = App::start(broker, payment, storage) => app?,
         // Dropping the half-started app kills the child broker.
-        () = &mut interrupted => return Ok(()),
+        () = &mut signal => return Ok(()),
     };
 
+    let mut signalled = false;
     let result = match command {
         Command::Serve => {
             tracing::info!(
@@ -82,16 +83,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "modules serving; connect to this URL (Ctrl-C to stop)"
             );
             println!("serving on {}", app.url());
-            interrupted.await;
+            (&mut signal).await;
+            signalled = true;
             Ok(())
         }
         _ => tokio::select! {
             outcome = demo::scenario::run(app.bus(), cli.payment_delay) => outcome.map(|_| ()),
-            () = &mut interrupted => Ok(()),
+            () = &mut signal => {
+                signalled = true;
+                Ok(())
+            }
         },
     };
-    // Shut down gracefully whatever happened above.
-    let shutdown = app.shutdown().await;
+    // Shut down gracefully whatever happened above. A signal during the
+    // shutdown counts as the first one if none came before; the one after
+    // that means "now": exit at once (the child broker dies with us).
+    let hurry = async {
+        if !signalled {
+            (&mut signal).await;
+        }
+        interrupted().await;
+    };
+    let shutdown = tokio::select! {
+        shutdown = app.shutdown() => shutdown,
+        () = hurry => {
+            eprintln!("error: interrupted again during shutdown; exiting now");
+            std::process::exit(130);
+        }
+    };
     result.and(shutdown)
 }
 

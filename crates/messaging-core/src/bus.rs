@@ -276,17 +276,21 @@ impl Connection {
     /// Flushes, drains every subscription and waits until the connection is
     /// closed, at most `timeout`.
     pub async fn drain(mut self, timeout: Duration) -> Result<(), DrainError> {
-        // A flush failure means the connection is already gone; the drain
-        // below reports that more precisely.
-        let _ = self.bus.client.flush().await;
-        self.bus.client.drain().await?;
-        tokio::time::timeout(timeout, self.closed.wait_for(|closed| *closed))
-            .await
-            .map_err(|_| DrainError::Timeout(timeout))?
+        // All of it under the deadline: with the broker gone, even the flush
+        // would wait for a reconnect forever.
+        let drained = async {
+            // A flush failure means the connection is already gone; the drain
+            // below reports that more precisely.
+            let _ = self.bus.client.flush().await;
+            self.bus.client.drain().await?;
             // The sender lives in the connection's event callback; if it is
             // gone, so is the connection.
-            .map(|_| ())
-            .or(Ok(()))
+            let _ = self.closed.wait_for(|closed| *closed).await;
+            Ok::<(), DrainError>(())
+        };
+        tokio::time::timeout(timeout, drained)
+            .await
+            .map_err(|_| DrainError::Timeout(timeout))?
     }
 }
 

@@ -61,6 +61,9 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 512;
 /// timing out at the same moment.
 pub const PEER_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a shutdown waits for buffered messages to reach the broker.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The identity a module announces on `$SRV.INFO`.
 #[derive(Debug, Clone, Copy)]
 pub struct ModuleSpec {
@@ -320,8 +323,11 @@ impl ModuleHandle {
             // Only stops the discovery responder now: endpoints are already gone.
             let _ = service.stop().await;
         }
-        if let Err(err) = self.bus.client().flush().await {
-            tracing::warn!(module = self.name, %err, "flush after shutdown failed");
+        // Bounded: with the broker gone a flush would wait for a reconnect forever.
+        match tokio::time::timeout(FLUSH_TIMEOUT, self.bus.client().flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(module = self.name, %err, "flush after shutdown failed"),
+            Err(_) => tracing::warn!(module = self.name, "flush after shutdown timed out"),
         }
         tracing::debug!(module = self.name, "module stopped");
     }

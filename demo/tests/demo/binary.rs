@@ -335,3 +335,17 @@ async fn dead_letters_can_be_listed_and_retried_from_the_command_line() {
         "{output}"
     );
 }
+
+#[tokio::test]
+async fn sigterm_still_ends_the_demo_when_its_broker_died() {
+    let running = start_until(&["serve", "--payment-delay", "0"], "serving on").await;
+    let broker = broker_pid(&running.seen);
+    kill(Pid::from_raw(broker as i32), Signal::SIGKILL).unwrap();
+    running.signal(Signal::SIGTERM);
+    // Bounded by the demo's own shutdown deadline, not by a reconnect that
+    // will never happen.
+    let (status, output) = running.finish().await;
+    assert!(!status.success(), "it could not shut down cleanly:\n{output}");
+    assert!(output.contains("error: "), "one clear error:\n{output}");
+    assert!(!output.contains("panicked"), "{output}");
+}
