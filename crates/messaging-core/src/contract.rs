@@ -34,7 +34,9 @@
 //!   events.payment.failed         PaymentFailed     payment -> order   (pending -> failed)
 //!   events.order.paid             OrderPaid         order   -> product (commit reservation)
 //!   events.order.failed           OrderFailed       order   -> product (release reservation)
-//!   events.order.cancelled        OrderCancelled    order   -> product (release reservation)
+//!   events.order.cancelled        OrderCancelled    order   -> product (release reservation),
+//!                                                           payment (refund, or void a payment still to come)
+//!   events.payment.refunded       PaymentRefunded   payment -> (observers)
 //!   events.product.stock.updated  StockUpdated      product -> order   (paid -> fulfilled on commit)
 //!   events.order.fulfilled        OrderFulfilled    order   -> (observers)
 //! ```
@@ -83,6 +85,7 @@ pub mod subjects {
     pub const ORDER_CREATED: &str = "events.order.created";
     pub const PAYMENT_SUCCEEDED: &str = "events.payment.success";
     pub const PAYMENT_FAILED: &str = "events.payment.failed";
+    pub const PAYMENT_REFUNDED: &str = "events.payment.refunded";
     pub const ORDER_PAID: &str = "events.order.paid";
     pub const ORDER_FAILED: &str = "events.order.failed";
     pub const ORDER_CANCELLED: &str = "events.order.cancelled";
@@ -498,6 +501,17 @@ pub struct PaymentFailed {
 }
 impl Event for PaymentFailed {
     const SUBJECT: &'static str = subjects::PAYMENT_FAILED;
+}
+
+/// `events.payment.refunded`: a payment was given back, because its order
+/// was cancelled while the payment was being taken.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRefunded {
+    pub payment: Payment,
+    pub reason: String,
+}
+impl Event for PaymentRefunded {
+    const SUBJECT: &'static str = subjects::PAYMENT_REFUNDED;
 }
 
 /// `events.order.paid`: an order moved `pending -> paid`.

@@ -256,6 +256,16 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
         }
     }
 
+    /// Writes `value` if `key` does not exist; either way, returns what is
+    /// stored (so a retried creation gets the first one back).
+    pub async fn create_or_get(&self, key: &str, value: V) -> Result<V, StoreError> {
+        match self.create(key, &value).await {
+            Ok(_) => Ok(value),
+            Err(StoreError::Exists(_)) => Ok(self.get(key).await?.map_or(value, |v| v.value)),
+            Err(err) => Err(err),
+        }
+    }
+
     /// Writes `value` whatever is there.
     pub async fn put(&self, key: &str, value: &V) -> Result<u64, StoreError> {
         let revision = self.put_raw(key, value).await?;

@@ -168,6 +168,16 @@ async fn advance(
             record
         }
         Err(TransitionError::UnknownOrder) => return Err(not_found(id)),
+        // A payment outcome for an order cancelled meanwhile is a normal
+        // race of the saga, not an error: the payment module refunds (or
+        // voids) that payment when it sees the cancellation.
+        Err(TransitionError::Illegal {
+            from: OrderStatus::Cancelled,
+        }) if matches!(to, OrderStatus::Paid | OrderStatus::Failed) => {
+            tracing::debug!(order_id = %id, %to, "payment outcome for a cancelled order");
+            let record = orders.get(id).await?.ok_or_else(|| not_found(id))?;
+            return Ok(record.order);
+        }
         Err(TransitionError::Illegal { from }) => {
             return Err(ServiceError::conflict(
                 "invalid_transition",

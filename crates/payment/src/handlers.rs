@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use messaging_core::contract::{OrderCreated, Payment, PaymentFailed, PaymentId, PaymentSucceeded};
+use messaging_core::contract::{
+    OrderCancelled, OrderCreated, Payment, PaymentFailed, PaymentId, PaymentRefunded,
+    PaymentSucceeded,
+};
 use messaging_core::{Context, ServiceError};
 
 use crate::state::{Outcome, PaymentRecord, Payments};
@@ -38,12 +41,40 @@ pub async fn order_created(
     match record.outcome {
         Outcome::Succeeded => {
             ctx.publish_fact(&PaymentSucceeded { payment }, &fact)
-                .await?
+                .await?;
         }
         Outcome::Declined { reason } => {
             ctx.publish_fact(&PaymentFailed { payment, reason }, &fact)
-                .await?
+                .await?;
         }
+        // Cancelled first: nothing was charged, nothing to announce.
+        Outcome::Voided => {}
+        // Charged, then refunded on cancellation: already announced.
+        Outcome::Refunded => {}
+    }
+    Ok(())
+}
+
+/// `events.order.cancelled`: give the money back if it was taken, or make
+/// sure it never is. The order module ignores a payment that lands on a
+/// cancelled order; this is where that payment is undone.
+pub async fn order_cancelled(
+    payments: Arc<Payments>,
+    ctx: Context,
+    event: OrderCancelled,
+) -> Result<(), ServiceError> {
+    let order_id = event.order.id;
+    let payment = Payment {
+        id: PaymentId::for_order(order_id),
+        order_id,
     };
+    if let Some(record) = payments.cancel(payment).await? {
+        let refund = PaymentRefunded {
+            payment: record.payment,
+            reason: "order cancelled".to_owned(),
+        };
+        ctx.publish_fact(&refund, &format!("payment/{order_id}/refunded"))
+            .await?;
+    }
     Ok(())
 }

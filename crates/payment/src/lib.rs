@@ -5,6 +5,8 @@
 //! | `events.order.created`   | listen  | take the payment (after a delay)       |
 //! | `events.payment.success` | publish | the payment went through               |
 //! | `events.payment.failed`  | publish | the payment was declined, with a reason |
+//! | `events.order.cancelled` | listen  | refund the payment, or void it if still to come |
+//! | `events.payment.refunded`| publish | a cancelled order's payment was given back |
 //!
 //! The payment is simulated: it takes [`PaymentConfig::delay`] (1 s by default,
 //! like the seed) without blocking other payments, and is declined when the
@@ -49,5 +51,6 @@ pub async fn register_with(
     let payments = Arc::new(Payments::open(&client, storage, config).await?);
     let mut module = Module::start(Bus::new(client), SPEC, payments, storage).await?;
     module.on_event(handlers::order_created).await?;
+    module.on_event(handlers::order_cancelled).await?;
     Ok(module.running())
 }

@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 
 use messaging_core::contract::{Order, OrderId, Payment};
-use messaging_core::store::{Storage, StoreError, Table};
+use messaging_core::store::{Change, Storage, StoreError, Table};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -16,7 +16,13 @@ use crate::config::PaymentConfig;
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Succeeded,
-    Declined { reason: String },
+    Declined {
+        reason: String,
+    },
+    /// The order was cancelled before its payment was taken: never charge it.
+    Voided,
+    /// The order was cancelled after its payment was taken: given back.
+    Refunded,
 }
 
 /// A payment as stored.
@@ -88,16 +94,40 @@ impl Payments {
     /// charged once however many times its event arrives. Returns the record
     /// that is stored.
     pub async fn record(&self, record: PaymentRecord) -> Result<PaymentRecord, StoreError> {
-        let key = record.payment.order_id.to_string();
-        match self.table.create(&key, &record).await {
-            Ok(_) => Ok(record),
-            Err(StoreError::Exists(_)) => Ok(self
-                .table
-                .get(&key)
-                .await?
-                .map(|v| v.value)
-                .unwrap_or(record)),
-            Err(err) => Err(err),
-        }
+        self.table
+            .create_or_get(&record.payment.order_id.to_string(), record)
+            .await
+    }
+
+    /// The order was cancelled: a payment already taken is refunded (the
+    /// refunded record is returned), one still to come is voided (`None`).
+    pub async fn cancel(&self, payment: Payment) -> Result<Option<PaymentRecord>, StoreError> {
+        let key = payment.order_id.to_string();
+        self.table
+            .modify(&key, |current| {
+                Ok::<_, StoreError>(match current {
+                    None => Change::Write(
+                        PaymentRecord {
+                            payment: payment.clone(),
+                            outcome: Outcome::Voided,
+                        },
+                        None,
+                    ),
+                    Some(record) if record.outcome == Outcome::Succeeded => {
+                        let refunded = PaymentRecord {
+                            outcome: Outcome::Refunded,
+                            ..record.clone()
+                        };
+                        Change::Write(refunded.clone(), Some(refunded))
+                    }
+                    // Refunded before: announce it again (same fact).
+                    Some(record) if record.outcome == Outcome::Refunded => {
+                        Change::Keep(Some(record.clone()))
+                    }
+                    // Declined or voided: nothing was taken.
+                    Some(_) => Change::Keep(None),
+                })
+            })
+            .await
     }
 }

@@ -345,7 +345,10 @@ async fn sigterm_still_ends_the_demo_when_its_broker_died() {
     // Bounded by the demo's own shutdown deadline, not by a reconnect that
     // will never happen.
     let (status, output) = running.finish().await;
-    assert!(!status.success(), "it could not shut down cleanly:\n{output}");
+    assert!(
+        !status.success(),
+        "it could not shut down cleanly:\n{output}"
+    );
     assert!(output.contains("error: "), "one clear error:\n{output}");
     assert!(!output.contains("panicked"), "{output}");
 }

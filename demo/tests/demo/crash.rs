@@ -21,7 +21,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::binary::{assert_gone, broker_pid, start_until, Running};
 use crate::durability::terminal_statuses;
-use crate::support::q;
+use crate::support::{bucket, q};
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -81,24 +81,6 @@ async fn place(bus: &Bus, request: &PlaceOrder, key: &str) -> OrderId {
             }
         }
     }
-}
-
-/// Every value of a key-value bucket, as JSON.
-async fn bucket(bus: &Bus, name: &str) -> Vec<serde_json::Value> {
-    let store = bus.jetstream().get_key_value(name).await.unwrap();
-    let keys: Vec<String> = store
-        .keys()
-        .await
-        .unwrap()
-        .map(|k| k.unwrap())
-        .collect()
-        .await;
-    let mut values = Vec::new();
-    for key in keys {
-        let bytes = store.get(&key).await.unwrap().unwrap();
-        values.push(serde_json::from_slice(&bytes).unwrap());
-    }
-    values
 }
 
 #[tokio::test]

@@ -328,3 +328,69 @@ async fn run_round(seed: u64) {
         .shutdown()
         .await;
 }
+
+#[tokio::test]
+async fn cancelling_while_the_payment_is_taken_refunds_or_voids_it() {
+    use messaging_core::contract::PaymentRefunded;
+    use messaging_core::dead_letter::DeadLetters;
+    let system = spawn_system(Some(PaymentConfig {
+        delay: Duration::from_millis(300),
+        ..instant_payments()
+    }))
+    .await;
+    let user = system.user().await;
+    let product = system.product(100).await;
+    let mut updates = system.bus().watch::<StockUpdated>().await.unwrap();
+    let mut refunds = system.bus().watch::<PaymentRefunded>().await.unwrap();
+
+    // Cancelled while its payment (300 ms) is in flight.
+    let order = system.place(&user, &product, 10).await.unwrap();
+    let cancelled = system
+        .bus()
+        .request(&CancelOrder { id: order.id })
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status, OrderStatus::Cancelled);
+    let update = updates.next_within(WAIT).await.unwrap().event;
+    assert_eq!(
+        (update.order_id, update.change),
+        (order.id, StockChange::Released)
+    );
+
+    // The payment lands on a cancelled order: absorbed, then given back.
+    let orders = system.module("order");
+    let payments = system.module("payment");
+    payments
+        .handled(subjects::ORDER_CREATED, 1, WAIT)
+        .await
+        .unwrap();
+    payments
+        .handled(subjects::ORDER_CANCELLED, 1, WAIT)
+        .await
+        .unwrap();
+    // Both handlers finished, and a handler finishes only after what it
+    // published is stored: a refund, if any, is in the stream now.
+    let refund = refunds.next_within(Duration::from_secs(2)).await;
+    match refund {
+        // Charged first, refunded on the cancellation...
+        Ok(refund) => assert_eq!(refund.event.payment.order_id, order.id),
+        // ...or voided before it was charged, and never announced.
+        Err(_) => assert_eq!(
+            orders.stats(subjects::PAYMENT_SUCCEEDED).unwrap().completed,
+            0
+        ),
+    }
+    let failed = orders.stats(subjects::PAYMENT_SUCCEEDED).unwrap().failed;
+    assert_eq!(failed, 0, "a payment on a cancelled order is not an error");
+    let letters = DeadLetters::open(system.bus().client(), messaging_core::Storage::Durable)
+        .await
+        .unwrap();
+    assert!(letters.list().await.unwrap().is_empty());
+    assert_eq!(
+        system.get_order(order.id).await.status,
+        OrderStatus::Cancelled
+    );
+    let after = system.get_product(&product).await;
+    assert_eq!((after.stock, after.available), (100, 100));
+    system.shutdown().await;
+}

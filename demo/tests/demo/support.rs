@@ -102,3 +102,22 @@ impl System {
         self.broker.shutdown().await;
     }
 }
+
+/// Every value of a key-value bucket, as JSON (to check module state directly).
+pub async fn bucket(bus: &Bus, name: &str) -> Vec<serde_json::Value> {
+    use futures::StreamExt;
+    let store = bus.jetstream().get_key_value(name).await.unwrap();
+    let keys: Vec<String> = store
+        .keys()
+        .await
+        .unwrap()
+        .map(|k| k.unwrap())
+        .collect()
+        .await;
+    let mut values = Vec::new();
+    for key in keys {
+        let bytes = store.get(&key).await.unwrap().unwrap();
+        values.push(serde_json::from_slice(&bytes).unwrap());
+    }
+    values
+}
