@@ -76,9 +76,8 @@ impl Report {
 }
 
 fn format_value(value: f64) -> String {
-    if value.fract() == 0.0 && value.abs() < 1e15 {
-        format!("{value:.0}")
-    } else if value.abs() >= 100.0 {
+    let whole = value.fract() == 0.0 && value.abs() < 1e15;
+    if whole || value.abs() >= 100.0 {
         format!("{value:.0}")
     } else {
         format!("{value:.3}")
