@@ -8,13 +8,13 @@
 //! * A transient failure (a 5xx: a peer or the store unavailable) is handed
 //!   back with a growing delay (`nak` with backoff). An undecodable event or a
 //!   permanent refusal (a 4xx) is terminated at once and recorded as a
-//!   poisoned dead letter. Events that exhaust `max_deliver` are recorded when
-//!   the server's max-deliveries advisory arrives.
+//!   poisoned dead letter. An event whose last allowed delivery fails is
+//!   recorded as a max-deliveries dead letter; one whose last delivery went
+//!   unanswered (a crash) is recorded from the server's advisory.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
@@ -100,9 +100,6 @@ pub(crate) async fn open(
     consumer.messages().await.map_err(|e| failed(e.to_string()))
 }
 
-/// Last error of each event still being retried, for the dead letter's reason.
-type LastErrors = Arc<Mutex<HashMap<u64, String>>>;
-
 /// Pulls events until the module stops, one task each.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn consume<E, S, F, Fut>(
@@ -121,13 +118,9 @@ pub(crate) async fn consume<E, S, F, Fut>(
     Fut: Future<Output = Result<(), ServiceError>> + Send + 'static,
 {
     let subject = E::SUBJECT;
-    let last_errors = LastErrors::default();
-    shared.tracker.spawn(record_max_deliveries(
-        shared.clone(),
-        advisories,
-        stats.clone(),
-        last_errors.clone(),
-    ));
+    shared
+        .tracker
+        .spawn(record_max_deliveries(shared.clone(), advisories, stats.clone()));
     let durable: Arc<str> = durable.into();
     loop {
         let message = tokio::select! {
@@ -151,7 +144,7 @@ pub(crate) async fn consume<E, S, F, Fut>(
             .expect("semaphore never closed");
         let in_flight = stats.enter();
         let (task_shared, handler) = (shared.clone(), handler.clone());
-        let (durable, last_errors, stats) = (durable.clone(), last_errors.clone(), stats.clone());
+        let (durable, stats) = (durable.clone(), stats.clone());
         shared.tracker.spawn(async move {
             let _permit = permit;
             let ending = deliver::<E, S, F, Fut>(
@@ -160,7 +153,6 @@ pub(crate) async fn consume<E, S, F, Fut>(
                 &handler,
                 &durable,
                 options,
-                &last_errors,
                 &stats,
             )
             .await;
@@ -181,7 +173,6 @@ async fn deliver<E, S, F, Fut>(
     handler: &F,
     durable: &str,
     options: ConsumerOptions,
-    last_errors: &Mutex<HashMap<u64, String>>,
     stats: &HandlerStats,
 ) -> Ending
 where
@@ -194,9 +185,9 @@ where
         Ok(info) => (info.stream_sequence, info.delivered),
         Err(_) => (0, 1),
     };
-    let poison = |reason: String| DeadLetter {
+    let letter = |kind: DeadLetterKind, reason: String| DeadLetter {
         id: format!("{durable}.{sequence}"),
-        kind: DeadLetterKind::Poisoned,
+        kind,
         consumer: durable.to_owned(),
         subject: subject.to_owned(),
         stream_sequence: sequence,
@@ -211,7 +202,7 @@ where
                 &message,
                 shared,
                 stats,
-                poison(format!("undecodable: {err}")),
+                letter(DeadLetterKind::Poisoned, format!("undecodable: {err}")),
             )
             .await;
             return Ending::Failed;
@@ -234,26 +225,28 @@ where
     let event_id = delivered_event.meta.event_id;
     match outcome {
         Ok(()) => {
-            last_errors.lock().expect("lock").remove(&sequence);
             if let Err(err) = message.ack().await {
                 // Not fatal: the event comes again and the handler is idempotent.
                 tracing::warn!(subject, %event_id, %err, "ack failed");
             }
             Ending::Ok
         }
+        // The last allowed delivery failed: give up now, with the reason,
+        // rather than wait for the server's advisory (which says no why).
+        Err(err) if err.status >= 500 && delivered >= options.max_deliver => {
+            let dead = letter(DeadLetterKind::MaxDeliveries, err.to_string());
+            terminate(&message, shared, stats, dead).await;
+            Ending::Failed
+        }
         Err(err) if err.status >= 500 => {
             let delay = options.backoff(delivered);
             tracing::debug!(subject, %event_id, delivered, ?delay, %err, "event handler failed; will retry");
-            last_errors
-                .lock()
-                .expect("lock")
-                .insert(sequence, err.to_string());
             let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
             Ending::Retried
         }
         Err(err) => {
-            last_errors.lock().expect("lock").remove(&sequence);
-            terminate(&message, shared, stats, poison(err.to_string())).await;
+            let dead = letter(DeadLetterKind::Poisoned, err.to_string());
+            terminate(&message, shared, stats, dead).await;
             Ending::Failed
         }
     }
@@ -318,12 +311,14 @@ pub(crate) async fn watch_max_deliveries(
         })
 }
 
-/// Records the events the server gave up on, from its advisories.
+/// Records the events the server gave up on, from its advisories: those
+/// whose last delivery was never answered (the process died, or the ack wait
+/// ran out). Failures we saw are recorded by `deliver` itself, with their
+/// reason; this only fills the gaps.
 async fn record_max_deliveries<S>(
     shared: Arc<Shared<S>>,
     mut advisories: async_nats::Subscriber,
     stats: Arc<HandlerStats>,
-    last_errors: LastErrors,
 ) {
     loop {
         let advisory = tokio::select! {
@@ -342,10 +337,6 @@ async fn record_max_deliveries<S>(
             },
             Err(_) => "(unknown)".to_owned(),
         };
-        let last = last_errors
-            .lock()
-            .expect("lock")
-            .remove(&advisory.stream_seq);
         let letter = DeadLetter {
             id: format!("{}.{}", advisory.consumer, advisory.stream_seq),
             kind: DeadLetterKind::MaxDeliveries,
@@ -353,10 +344,11 @@ async fn record_max_deliveries<S>(
             subject,
             stream_sequence: advisory.stream_seq,
             deliveries: advisory.deliveries,
-            reason: last.unwrap_or_else(|| "delivery limit reached".to_owned()),
+            reason: "delivery limit reached without an answer (ack wait expired)".to_owned(),
         };
-        match shared.dead_letters.record(&letter).await {
-            Ok(()) => stats.dead_lettered(),
+        match shared.dead_letters.record_new(&letter).await {
+            Ok(true) => stats.dead_lettered(),
+            Ok(false) => {}
             Err(err) => tracing::warn!(id = %letter.id, %err, "dead letter not recorded"),
         }
     }

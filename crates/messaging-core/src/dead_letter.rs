@@ -6,9 +6,10 @@
 //!
 //! * **poisoned**: the event does not decode, or the handler refused it for
 //!   good (a 4xx): it is terminated at once instead of redelivered forever;
-//! * **max deliveries**: a handler kept failing (5xx, timeouts) until the
-//!   consumer's `max_deliver` was reached; the server then publishes an
-//!   advisory, which the module records.
+//! * **max deliveries**: a handler kept failing (5xx) until the consumer's
+//!   `max_deliver` was reached (recorded by the consumer with the last error),
+//!   or its last delivery was never answered (recorded from the server's
+//!   max-deliveries advisory).
 //!
 //! Once the cause is fixed, [`DeadLetters::retry`] publishes the stored event
 //! again (same subject and payload, a new `Nats-Msg-Id` so the stream accepts
@@ -81,6 +82,18 @@ impl DeadLetters {
             "event recorded as dead letter"
         );
         self.table.put(&letter.id, letter).await.map(|_| ())
+    }
+
+    /// Records a dead letter unless one with its id exists; `true` if recorded.
+    pub async fn record_new(&self, letter: &DeadLetter) -> Result<bool, StoreError> {
+        match self.table.create(&letter.id, letter).await {
+            Ok(_) => {
+                tracing::warn!(id = %letter.id, subject = %letter.subject, "event recorded as dead letter");
+                Ok(true)
+            }
+            Err(StoreError::Exists(_)) => Ok(false),
+            Err(err) => Err(err),
+        }
     }
 
     /// Every dead letter, oldest event first.
