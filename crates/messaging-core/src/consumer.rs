@@ -118,9 +118,11 @@ pub(crate) async fn consume<E, S, F, Fut>(
     Fut: Future<Output = Result<(), ServiceError>> + Send + 'static,
 {
     let subject = E::SUBJECT;
-    shared
-        .tracker
-        .spawn(record_max_deliveries(shared.clone(), advisories, stats.clone()));
+    shared.tracker.spawn(record_max_deliveries(
+        shared.clone(),
+        advisories,
+        stats.clone(),
+    ));
     let durable: Arc<str> = durable.into();
     loop {
         let message = tokio::select! {
@@ -147,15 +149,9 @@ pub(crate) async fn consume<E, S, F, Fut>(
         let (durable, stats) = (durable.clone(), stats.clone());
         shared.tracker.spawn(async move {
             let _permit = permit;
-            let ending = deliver::<E, S, F, Fut>(
-                message,
-                &task_shared,
-                &handler,
-                &durable,
-                options,
-                &stats,
-            )
-            .await;
+            let ending =
+                deliver::<E, S, F, Fut>(message, &task_shared, &handler, &durable, options, &stats)
+                    .await;
             in_flight.finish(ending);
         });
     }

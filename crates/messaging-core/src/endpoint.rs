@@ -56,11 +56,15 @@ pub(crate) async fn serve<R, S, F, Fut>(
             }
         };
         let Some(request) = request else { break };
-        let permit = limit
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore never closed");
+        // Saturated: say so at once rather than let the requester time out
+        // waiting for a slot.
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            let busy = ServiceError::unavailable(format!(
+                "overloaded: too many {subject} requests in flight, retry later"
+            ));
+            let _ = request.respond(Err(busy.into())).await;
+            continue;
+        };
         let in_flight = stats.enter();
         let (shared2, handler) = (shared.clone(), handler.clone());
         shared.tracker.spawn(async move {
@@ -103,27 +107,45 @@ where
         idempotency_key: key.clone(),
     };
 
+    let payload = &request.message.payload;
     let reply = match key {
-        None => run(handler, shared, ctx, &request.message.payload).await,
+        None => match decode::<R>(payload) {
+            Ok(decoded) => handle(handler, shared, ctx, decoded).await,
+            Err(err) => Err(err),
+        },
         Some(key) if key.len() > MAX_KEY_LEN => Err(ServiceError::bad_request(format!(
             "{IDEMPOTENCY_KEY} is longer than {MAX_KEY_LEN} bytes"
         ))),
-        Some(key) => match shared.idempotency.claim(R::SUBJECT, &key).await {
-            Ok(Claim::Replay(reply)) => reply,
-            Ok(Claim::Busy) => Err(ServiceError::conflict(
-                "request_in_progress",
-                format!("a request with {IDEMPOTENCY_KEY} {key:?} is still being handled"),
-            )),
-            Err(err) => Err(err.into()),
-            Ok(Claim::Claimed) => {
-                let reply = run(handler, shared, ctx, &request.message.payload).await;
-                if let Err(err) = shared.idempotency.finish(R::SUBJECT, &key, &reply).await {
-                    // The effect happened; only the memory of it is missing,
-                    // and the handler's derived ids make a retry converge.
-                    tracing::warn!(subject = R::SUBJECT, %err, "idempotency key not stored");
+        // Malformed input is refused before the key is remembered, so that
+        // the corrected request, with the same key, runs.
+        Some(key) => match decode::<R>(payload) {
+            Err(err) => Err(err),
+            Ok(decoded) => match shared.idempotency.claim(R::SUBJECT, &key, payload).await {
+                Ok(Claim::Replay(reply)) => reply,
+                Ok(Claim::Busy) => Err(ServiceError::conflict(
+                    "request_in_progress",
+                    format!("a request with {IDEMPOTENCY_KEY} {key:?} is still being handled"),
+                )),
+                Ok(Claim::OtherRequest) => Err(ServiceError::new(
+                    422,
+                    "idempotency_key_reused",
+                    format!("{IDEMPOTENCY_KEY} {key:?} was used for a different request"),
+                )),
+                Err(err) => Err(err.into()),
+                Ok(Claim::Claimed) => {
+                    let reply = handle(handler, shared, ctx, decoded).await;
+                    if let Err(err) = shared
+                        .idempotency
+                        .finish(R::SUBJECT, &key, payload, &reply)
+                        .await
+                    {
+                        // The effect happened; only the memory of it is missing,
+                        // and the handler's derived ids make a retry converge.
+                        tracing::warn!(subject = R::SUBJECT, %err, "idempotency key not stored");
+                    }
+                    reply
                 }
-                reply
-            }
+            },
         },
     };
 
@@ -148,19 +170,18 @@ where
     ending
 }
 
-/// Decodes and handles; the reply as JSON text, or the error.
-async fn run<R, S, F, Fut>(
+/// Runs the handler; the reply as JSON text, or the error.
+async fn handle<R, S, F, Fut>(
     handler: &F,
     shared: &Shared<S>,
     ctx: Context,
-    payload: &[u8],
+    request: R,
 ) -> Result<String, ServiceError>
 where
     R: Rpc,
     F: Fn(Arc<S>, Context, R) -> Fut,
     Fut: Future<Output = Result<R::Reply, ServiceError>>,
 {
-    let request = decode::<R>(payload)?;
     let value = AssertUnwindSafe(handler(shared.state.clone(), ctx, request))
         .catch_unwind()
         .await

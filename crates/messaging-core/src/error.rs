@@ -168,15 +168,20 @@ impl From<PublishError> for ServiceError {
 }
 
 impl From<RequestError> for ServiceError {
-    /// The default view of a failed call to another module: unreachable peers
-    /// are `503 unavailable`, anything else is `500 internal`. Handlers map
-    /// the remote errors they expect (such as a 404) explicitly.
+    /// The default view of a failed call to another module: an unreachable
+    /// or unavailable peer is `503 unavailable` (worth retrying); anything
+    /// else, including a refusal the caller did not expect, is our fault:
+    /// `500 internal`. Handlers map the remote errors they expect (such as a
+    /// 404) explicitly.
     fn from(err: RequestError) -> Self {
-        match err {
+        match &err {
             RequestError::NoResponders { .. } | RequestError::Timeout { .. } => {
                 ServiceError::unavailable(err.to_string())
             }
-            other => ServiceError::internal(other.to_string()),
+            RequestError::Remote { error, .. } if error.status == 503 => {
+                ServiceError::unavailable(err.to_string())
+            }
+            _ => ServiceError::internal(err.to_string()),
         }
     }
 }

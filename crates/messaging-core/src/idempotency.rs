@@ -7,7 +7,9 @@
 //! runs gets `409 request_in_progress`; a claim older than [`STALE_CLAIM`]
 //! (its handler died with the process) is taken over, and since handlers
 //! derive their ids from the key ([`crate::Context::derive_id`]), the
-//! takeover re-creates the same thing rather than a second one.
+//! takeover re-creates the same thing rather than a second one. A key reused
+//! with a different payload is refused (`422 idempotency_key_reused`), and a
+//! malformed request is refused before its key is remembered.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -32,8 +34,14 @@ const NAMESPACE: Uuid = Uuid::from_u128(0x1de3_9073_4c0e_4a11_b0b5_7e57_ab1e_c0d
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Remembered {
-    InProgress { started_ms: u64 },
-    Replied { reply: Result<String, ServiceError> },
+    InProgress {
+        started_ms: u64,
+        request: Uuid,
+    },
+    Replied {
+        reply: Result<String, ServiceError>,
+        request: Uuid,
+    },
 }
 
 /// What to do with a request that carries a key.
@@ -44,6 +52,8 @@ pub(crate) enum Claim {
     Replay(Result<String, ServiceError>),
     /// The first attempt is still running.
     Busy,
+    /// The key was used for a request with another payload.
+    OtherRequest,
 }
 
 #[derive(Clone)]
@@ -62,21 +72,35 @@ impl IdempotencyKeys {
         Uuid::new_v5(&NAMESPACE, format!("{subject}\n{key}").as_bytes()).to_string()
     }
 
-    pub async fn claim(&self, subject: &str, key: &str) -> Result<Claim, StoreError> {
+    pub async fn claim(
+        &self,
+        subject: &str,
+        key: &str,
+        payload: &[u8],
+    ) -> Result<Claim, StoreError> {
         let now = now_ms();
+        let request = fingerprint(payload);
+        let claim = Remembered::InProgress {
+            started_ms: now,
+            request,
+        };
         self.table
             .modify(&Self::record_key(subject, key), |seen| {
                 Ok::<_, StoreError>(match seen {
-                    None => {
-                        Change::Write(Remembered::InProgress { started_ms: now }, Claim::Claimed)
+                    None => Change::Write(claim.clone(), Claim::Claimed),
+                    Some(Remembered::InProgress { request: other, .. })
+                    | Some(Remembered::Replied { request: other, .. })
+                        if *other != request =>
+                    {
+                        Change::Keep(Claim::OtherRequest)
                     }
-                    Some(Remembered::InProgress { started_ms })
+                    Some(Remembered::InProgress { started_ms, .. })
                         if now.saturating_sub(*started_ms) > STALE_CLAIM.as_millis() as u64 =>
                     {
-                        Change::Write(Remembered::InProgress { started_ms: now }, Claim::Claimed)
+                        Change::Write(claim.clone(), Claim::Claimed)
                     }
                     Some(Remembered::InProgress { .. }) => Change::Keep(Claim::Busy),
-                    Some(Remembered::Replied { reply }) => {
+                    Some(Remembered::Replied { reply, .. }) => {
                         Change::Keep(Claim::Replay(reply.clone()))
                     }
                 })
@@ -90,6 +114,7 @@ impl IdempotencyKeys {
         &self,
         subject: &str,
         key: &str,
+        payload: &[u8],
         reply: &Result<String, ServiceError>,
     ) -> Result<(), StoreError> {
         let record_key = Self::record_key(subject, key);
@@ -98,11 +123,17 @@ impl IdempotencyKeys {
             _ => {
                 let remembered = Remembered::Replied {
                     reply: reply.clone(),
+                    request: fingerprint(payload),
                 };
                 self.table.put(&record_key, &remembered).await.map(|_| ())
             }
         }
     }
+}
+
+/// A stable fingerprint of a request payload (a name-based UUID, SHA-1).
+fn fingerprint(payload: &[u8]) -> Uuid {
+    Uuid::new_v5(&NAMESPACE, payload)
 }
 
 fn now_ms() -> u64 {

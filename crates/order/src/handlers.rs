@@ -8,7 +8,7 @@ use messaging_core::contract::{
     OrderFulfilled, OrderId, OrderPaid, OrderStatus, PaymentFailed, PaymentSucceeded, PlaceOrder,
     ReserveStock, StockChange, StockUpdated,
 };
-use messaging_core::{Context, RequestError, ServiceError};
+use messaging_core::{Bus, Context, RequestError, ServiceError};
 
 use crate::state::{OrderRecord, Orders, Transition, TransitionError};
 
@@ -63,12 +63,12 @@ pub async fn place_order(
             "product_not_found",
             format!("product {} does not exist", request.product_id),
         ),
-        // The owner of the stock said no (409 insufficient_stock): pass it on as is.
-        RequestError::Remote { error, .. } if error.status < 500 => error,
+        // The owner of the stock said no: pass it on as is.
+        RequestError::Remote { error, .. } if error.code == "insufficient_stock" => error,
         other => ServiceError::from(other),
     })?;
 
-    let order = orders.insert(order).await?;
+    let order = orders.insert(order, ctx.correlation_id()).await?;
     announce_created(&ctx, &order).await?;
     Ok(order)
 }
@@ -220,20 +220,33 @@ fn fact(id: OrderId, status: OrderStatus) -> String {
     format!("order/{id}/{status}")
 }
 
-/// Re-announces every unfinished order at start: whatever the process did not
-/// get out before it stopped (or crashed) goes out now. Each announcement is
-/// the same fact as before, so nothing happens twice.
-pub async fn recover(orders: &Orders, ctx: &Context) -> Result<usize, ServiceError> {
+/// Re-announces the orders still in flight (`pending`, `paid`) at start:
+/// whatever the process did not get out before it stopped (or crashed) goes
+/// out now, in the order's own flow. Each announcement is the same fact as
+/// before, so nothing happens twice.
+///
+/// Terminal orders need nothing: the events that made them terminal are
+/// redelivered until handled, and handling re-announces. The scan reads
+/// every order id, which grows with the history (see the README's limits).
+pub async fn recover(orders: &Orders, bus: &Bus) -> Result<usize, ServiceError> {
     let mut announced = 0;
     for id in orders.ids().await? {
         let Some(record) = orders.get(id).await? else {
             continue;
         };
-        if record.order.status == OrderStatus::Fulfilled {
+        if !matches!(
+            record.order.status,
+            OrderStatus::Pending | OrderStatus::Paid
+        ) {
             continue;
         }
-        let ctx = Context::in_flow(ctx.bus().clone(), ctx.correlation_id());
-        announce(&ctx, &record, record.order.status).await?;
+        let flow = record.correlation_id.unwrap_or_else(uuid::Uuid::new_v4);
+        announce(
+            &Context::in_flow(bus.clone(), flow),
+            &record,
+            record.order.status,
+        )
+        .await?;
         announced += 1;
     }
     Ok(announced)

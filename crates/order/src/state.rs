@@ -16,6 +16,9 @@ pub struct OrderRecord {
     /// Why the order failed, once it has.
     #[serde(default)]
     pub reason: Option<String>,
+    /// The flow the order belongs to, to resume it in the same flow.
+    #[serde(default)]
+    pub correlation_id: Option<uuid::Uuid>,
 }
 
 /// The result of a legal transition request.
@@ -62,10 +65,15 @@ impl Orders {
 
     /// Stores a new order; if its id exists (a retried request), returns the
     /// stored one.
-    pub async fn insert(&self, order: Order) -> Result<Order, StoreError> {
+    pub async fn insert(
+        &self,
+        order: Order,
+        correlation_id: uuid::Uuid,
+    ) -> Result<Order, StoreError> {
         let record = OrderRecord {
             order,
             reason: None,
+            correlation_id: Some(correlation_id),
         };
         match self
             .table
@@ -158,7 +166,10 @@ mod tests {
             quantity: Quantity::new(1).unwrap(),
             status: Pending,
         };
-        orders.insert(order.clone()).await.unwrap();
+        orders
+            .insert(order.clone(), uuid::Uuid::new_v4())
+            .await
+            .unwrap();
         let id = order.id;
         assert_eq!(
             status(orders.transition(id, Paid, None).await),

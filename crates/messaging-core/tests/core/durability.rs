@@ -333,13 +333,13 @@ async fn an_idempotency_key_replays_the_first_reply() {
     let module = start(&app, worker.clone(), quick_retries()).await;
     let client = app.bus().client().clone();
 
-    let send = |key: &'static str| {
+    let send_payload = |key: &'static str, payload: &'static str| {
         let client = client.clone();
         async move {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(IDEMPOTENCY_KEY, key);
             let reply = client
-                .request_with_headers(Take::SUBJECT, headers, r#"{"what":"thing"}"#.into())
+                .request_with_headers(Take::SUBJECT, headers, payload.into())
                 .await
                 .unwrap();
             match reply.headers.as_ref().and_then(ServiceError::from_headers) {
@@ -348,6 +348,8 @@ async fn an_idempotency_key_replays_the_first_reply() {
             }
         }
     };
+
+    let send = |key: &'static str| send_payload(key, r#"{"what":"thing"}"#);
 
     // The first attempt is still running when the retry arrives.
     let first = tokio::spawn(send("key-1"));
@@ -375,6 +377,47 @@ async fn an_idempotency_key_replays_the_first_reply() {
     assert_ne!(other.id, first.id);
     assert_eq!(worker.takes_started.load(Ordering::SeqCst), 2);
 
+    // The same key for another request is refused, not replayed.
+    let reused = send_payload("key-1", r#"{"what":"else"}"#)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (reused.status, reused.code.as_str()),
+        (422, "idempotency_key_reused")
+    );
+    // A malformed request does not use up its key: the corrected one runs.
+    let malformed = send_payload("key-3", r#"{"what": 1}"#).await.unwrap_err();
+    assert_eq!(malformed.status, 400);
+    let corrected = send_payload("key-3", r#"{"what":"fixed"}"#).await.unwrap();
+    assert_eq!(corrected.what, "fixed");
+
     module.shutdown().await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_writers_on_one_bucket_lose_no_update() {
+    use messaging_core::store::{Change, StoreError, Table};
+    let app = spawn_broker().await;
+    // Two tables on the same bucket: two writers as two processes would be
+    // (separate local locks and caches), racing with compare-and-set only.
+    let a: Table<u32> = Table::open(app.bus().client(), Storage::Durable, "counter", None)
+        .await
+        .unwrap();
+    let b: Table<u32> = Table::open(app.bus().client(), Storage::Durable, "counter", None)
+        .await
+        .unwrap();
+    let bump = |table: Table<u32>| async move {
+        for _ in 0..40 {
+            table
+                .modify::<(), StoreError>("n", |n| {
+                    Ok(Change::Write(n.copied().unwrap_or(0) + 1, ()))
+                })
+                .await
+                .unwrap();
+        }
+    };
+    tokio::join!(bump(a.clone()), bump(b.clone()), bump(a.clone()), bump(b));
+    assert_eq!(a.get("n").await.unwrap().unwrap().value, 160);
     app.shutdown().await;
 }
