@@ -44,6 +44,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ..PaymentConfig::default()
     };
     payment.validate()?;
+    anyhow::ensure!(
+        !(cli.ephemeral && (cli.data_dir.is_some() || cli.nats_url.is_some())),
+        "--ephemeral keeps module state in memory, which would not match the durable \
+         events of --data-dir or --nats-url after a restart: use one or the other"
+    );
     let storage = if cli.ephemeral {
         Storage::Memory
     } else {

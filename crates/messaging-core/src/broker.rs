@@ -51,10 +51,11 @@ impl std::fmt::Display for Version {
 impl Version {
     /// Parses `nats-server --version` output such as `nats-server: v2.15.1`.
     pub fn parse_output(output: &str) -> Option<Version> {
-        let word = output.split_whitespace().find(|w| w.starts_with('v'))?;
-        let core = word.trim_start_matches('v').split(['-', '+']).next()?;
-        let mut parts = core.split('.').map(|p| p.parse::<u32>().ok());
-        Some(Version(parts.next()??, parts.next()??, parts.next()??))
+        output.split_whitespace().find_map(|word| {
+            let core = word.strip_prefix('v')?.split(['-', '+']).next()?;
+            let mut parts = core.split('.').map(|p| p.parse::<u32>().ok());
+            Some(Version(parts.next()??, parts.next()??, parts.next()??))
+        })
     }
 }
 
@@ -137,33 +138,35 @@ pub fn cache_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/nats-server")
 }
 
-/// Finds `nats-server`: `NATS_SERVER_BIN`, then `PATH`, then the xtask cache.
-pub fn find_binary() -> Result<PathBuf, BrokerError> {
+/// Finds a usable `nats-server`: `NATS_SERVER_BIN` (which must be good),
+/// then each one on `PATH` (a too-old one is skipped, as `cargo xtask setup`
+/// does), then the xtask cache.
+pub async fn find_binary() -> Result<(PathBuf, Version), BrokerError> {
     if let Some(path) = std::env::var_os(BINARY_ENV).filter(|p| !p.is_empty()) {
         let path = PathBuf::from(path);
-        return if path.is_file() {
-            Ok(path)
-        } else {
-            Err(not_found(&format!(
+        if !path.is_file() {
+            return Err(not_found(&format!(
                 "{BINARY_ENV}={} is not a file",
                 path.display()
-            )))
-        };
+            )));
+        }
+        let version = check_version(&path).await?;
+        return Ok((path, version));
     }
     let on_path = std::env::var_os("PATH")
         .into_iter()
         .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
         .map(|dir| dir.join("nats-server"))
-        .find(|candidate| candidate.is_file());
-    if let Some(path) = on_path {
-        return Ok(path);
-    }
+        .filter(|candidate| candidate.is_file());
     let cached = cache_dir().join("bin/nats-server");
-    if cached.is_file() {
-        return Ok(cached);
+    for candidate in on_path.chain(cached.is_file().then(|| cached.clone())) {
+        match check_version(&candidate).await {
+            Ok(version) => return Ok((candidate, version)),
+            Err(err) => tracing::debug!(%err, "skipping unusable nats-server"),
+        }
     }
     Err(not_found(&format!(
-        "searched {BINARY_ENV}, PATH and {}",
+        "searched {BINARY_ENV}, PATH and {}; none there, or none 2.14+",
         cached.display()
     )))
 }
@@ -232,11 +235,13 @@ impl NatsServer {
 
     /// Starts a server and waits until it accepts connections.
     pub async fn start_with(config: BrokerConfig) -> Result<Self, BrokerError> {
-        let binary = match config.binary {
-            Some(path) => path,
-            None => find_binary()?,
+        let (binary, version) = match config.binary {
+            Some(path) => {
+                let version = check_version(&path).await?;
+                (path, version)
+            }
+            None => find_binary().await?,
         };
-        let version = check_version(&binary).await?;
 
         let ports_dir = tempfile::Builder::new().prefix("nats-ports-").tempdir()?;
         let (store_dir, temp_store) = match config.store_dir {
@@ -461,6 +466,10 @@ mod tests {
             Some(Version(2, 14, 0))
         );
         assert_eq!(Version::parse_output("garbage"), None);
+        assert_eq!(
+            Version::parse_output("verbose build, nats-server: v2.14.2"),
+            Some(Version(2, 14, 2))
+        );
         assert!(Version(2, 12, 8) < MIN_VERSION);
         assert!(Version(2, 15, 1) >= MIN_VERSION);
     }

@@ -135,6 +135,45 @@ enum Backend {
 struct Memory {
     rows: HashMap<String, (Bytes, u64)>,
     last_revision: u64,
+    /// Entries older than this are gone, as in a bucket with `max_age`.
+    max_age: Option<Duration>,
+    /// When each key was last written, oldest first, for the expiry.
+    written: std::collections::VecDeque<(std::time::Instant, String, u64)>,
+}
+
+impl Memory {
+    fn with_max_age(max_age: Option<Duration>) -> Self {
+        Self {
+            max_age,
+            ..Self::default()
+        }
+    }
+
+    /// Stores a row under a new revision, and forgets expired rows.
+    fn write(&mut self, key: &str, bytes: Bytes) -> u64 {
+        self.last_revision += 1;
+        let revision = self.last_revision;
+        self.rows.insert(key.to_owned(), (bytes, revision));
+        if let Some(max_age) = self.max_age {
+            let now = std::time::Instant::now();
+            self.written.push_back((now, key.to_owned(), revision));
+            while let Some((at, _, _)) = self.written.front() {
+                if now.duration_since(*at) < max_age {
+                    break;
+                }
+                let (_, old_key, old_revision) = self.written.pop_front().expect("front exists");
+                // Only if not rewritten since.
+                if self
+                    .rows
+                    .get(&old_key)
+                    .is_some_and(|(_, r)| *r == old_revision)
+                {
+                    self.rows.remove(&old_key);
+                }
+            }
+        }
+        revision
+    }
 }
 
 impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
@@ -148,7 +187,7 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
         max_age: Option<Duration>,
     ) -> Result<Self, StoreError> {
         let backend = match storage {
-            Storage::Memory => Backend::Memory(Arc::default()),
+            Storage::Memory => Backend::Memory(Arc::new(Mutex::new(Memory::with_max_age(max_age)))),
             Storage::Durable => {
                 let js = jetstream::new(client.clone());
                 let config = kv::Config {
@@ -216,10 +255,7 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
                 if memory.rows.contains_key(key) {
                     return Err(StoreError::Exists(key.to_owned()));
                 }
-                memory.last_revision += 1;
-                let revision = memory.last_revision;
-                memory.rows.insert(key.to_owned(), (bytes, revision));
-                Ok(revision)
+                Ok(memory.write(key, bytes))
             }
             Backend::Kv(store) => store.create(key, bytes).await.map_err(|err| {
                 if err.kind() == kv::CreateErrorKind::AlreadyExists {
@@ -241,10 +277,7 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
                     Some((_, current)) if *current == revision => {}
                     _ => return Err(StoreError::Conflict(key.to_owned())),
                 }
-                memory.last_revision += 1;
-                let new_revision = memory.last_revision;
-                memory.rows.insert(key.to_owned(), (bytes, new_revision));
-                Ok(new_revision)
+                Ok(memory.write(key, bytes))
             }
             Backend::Kv(store) => store.update(key, bytes, revision).await.map_err(|err| {
                 if err.kind() == kv::UpdateErrorKind::WrongLastRevision {
@@ -276,13 +309,7 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
     async fn put_raw(&self, key: &str, value: &V) -> Result<u64, StoreError> {
         let bytes = encode(value);
         match &self.backend {
-            Backend::Memory(memory) => {
-                let mut memory = memory.lock().expect("table lock");
-                memory.last_revision += 1;
-                let revision = memory.last_revision;
-                memory.rows.insert(key.to_owned(), (bytes, revision));
-                Ok(revision)
-            }
+            Backend::Memory(memory) => Ok(memory.lock().expect("table lock").write(key, bytes)),
             Backend::Kv(store) => store.put(key, bytes).await.map_err(unavailable),
         }
     }
