@@ -2,7 +2,8 @@
 //! in the right order.
 //!
 //! Shutdown order is what makes it lossless (the seed's bonus challenge):
-//! 1. every module stops intake (endpoints unsubscribed, event subscriptions drained);
+//! 1. every module stops intake (endpoints unsubscribed; event consumers stop
+//!    pulling and hand back what they pulled but did not start);
 //! 2. in-flight handlers finish, and what they published is flushed;
 //! 3. the connection drains, and we wait for it to be *closed*, not just told to close;
 //! 4. only then is the broker stopped.

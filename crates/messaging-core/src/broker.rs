@@ -6,8 +6,11 @@
 //! * **no port collisions**: the server picks its own free port (`-p -1`) and
 //!   reports it in a ports file, which we read; nothing picks-then-hopes;
 //! * **no orphans**: dropping a [`NatsServer`] kills and reaps the process, and
-//!   the child is also told to die with its parent (`PR_SET_PDEATHSIG`), so
-//!   neither a panicking test nor a killed demo leaves a server behind;
+//!   the kernel kills the child when the thread that started it dies
+//!   (`PR_SET_PDEATHSIG`), so neither a panicking test nor a SIGKILLed demo
+//!   leaves a server behind. (That is the *thread*: start the server from a
+//!   thread that lives as long as it should, such as `main` or a runtime
+//!   worker, not from a short-lived blocking-pool thread.)
 //! * **clear failures**: a missing binary names the ways to install one, a
 //!   server older than [`MIN_VERSION`] is refused, a failed start includes the
 //!   server's own output.

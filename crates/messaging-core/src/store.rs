@@ -83,12 +83,13 @@ const CACHE_ENTRIES: usize = 8_192;
 /// A table of `V`s by string key.
 pub struct Table<V> {
     backend: Backend,
-    /// Serialises `modify` calls on the same key *within this process*.
+    /// Serialises `modify` calls on the same key (and, rarely, on keys that
+    /// share its stripe) *within this process*.
     ///
     /// Compare-and-set alone is correct, but under heavy contention on one
     /// key (500 orders for one product) optimistic retries cost a round trip
-    /// each, again and again. Queueing local writers costs nothing, and CAS
-    /// still guards against other processes.
+    /// each, again and again. Queueing local writers is cheap, and CAS still
+    /// guards against other processes.
     stripes: Arc<[tokio::sync::Mutex<()>]>,
     /// The last value this process wrote or read per key, with its revision,
     /// so that `modify` can try its compare-and-set without reading first.
