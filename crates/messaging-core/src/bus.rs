@@ -21,8 +21,15 @@ pub const CORRELATION_ID: &str = "Correlation-Id";
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A cheap, cloneable handle for typed messaging over one NATS client.
+///
+/// Cloning is one reference count: every handler's context holds one.
 #[derive(Clone, Debug)]
 pub struct Bus {
+    inner: std::sync::Arc<BusInner>,
+}
+
+#[derive(Debug)]
+struct BusInner {
     client: Client,
     jetstream: jetstream::Context,
     request_timeout: Duration,
@@ -41,36 +48,45 @@ pub struct Published {
 impl Bus {
     pub fn new(client: Client) -> Self {
         Self {
-            jetstream: jetstream::new(client.clone()),
-            client,
-            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            inner: std::sync::Arc::new(BusInner {
+                jetstream: jetstream::new(client.clone()),
+                client,
+                request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            }),
         }
     }
 
     /// The JetStream context over the same client.
     pub fn jetstream(&self) -> &jetstream::Context {
-        &self.jetstream
+        &self.inner.jetstream
     }
 
     /// How long requests wait for their reply.
     pub fn request_timeout(&self) -> Duration {
-        self.request_timeout
+        self.inner.request_timeout
     }
 
     /// The same bus with another request timeout.
-    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
-        self
+    pub fn with_request_timeout(self, timeout: Duration) -> Self {
+        Self {
+            inner: std::sync::Arc::new(BusInner {
+                client: self.inner.client.clone(),
+                jetstream: self.inner.jetstream.clone(),
+                request_timeout: timeout,
+            }),
+        }
     }
 
     /// The underlying async-nats client, for anything this type does not cover.
     pub fn client(&self) -> &Client {
-        &self.client
+        &self.inner.client
     }
 
     /// Sends a typed request and decodes the reply, starting a new flow.
     pub async fn request<R: Rpc>(&self, request: &R) -> Result<R::Reply, RequestError> {
-        self.request_in_flow(request, Uuid::new_v4()).await
+        // No header: the serving module starts the flow (and saves us
+        // formatting and sending one on every call).
+        self.send(request, None, None).await
     }
 
     /// Sends a typed request that belongs to the flow `correlation_id`.
@@ -79,7 +95,7 @@ impl Bus {
         request: &R,
         correlation_id: Uuid,
     ) -> Result<R::Reply, RequestError> {
-        self.send(request, correlation_id, None).await
+        self.send(request, Some(correlation_id), None).await
     }
 
     /// Sends a typed request with an `Idempotency-Key`: sending it again
@@ -90,30 +106,34 @@ impl Bus {
         request: &R,
         idempotency_key: &str,
     ) -> Result<R::Reply, RequestError> {
-        self.send(request, Uuid::new_v4(), Some(idempotency_key))
+        self.send(request, None, Some(idempotency_key))
             .await
     }
 
     async fn send<R: Rpc>(
         &self,
         request: &R,
-        correlation_id: Uuid,
+        correlation_id: Option<Uuid>,
         idempotency_key: Option<&str>,
     ) -> Result<R::Reply, RequestError> {
         let subject = R::SUBJECT;
         let payload = serde_json::to_vec(request)
             .map_err(|source| RequestError::Encode { subject, source })?;
-        let mut headers = HeaderMap::new();
-        headers.insert(CORRELATION_ID, correlation_id.to_string().as_str());
-        if let Some(key) = idempotency_key {
-            headers.insert(crate::idempotency::IDEMPOTENCY_KEY, key);
-        }
-        let outgoing = async_nats::Request::new()
+        let mut outgoing = async_nats::Request::new()
             .payload(Bytes::from(payload))
-            .headers(headers)
-            .timeout(Some(self.request_timeout));
+            .timeout(Some(self.inner.request_timeout));
+        if correlation_id.is_some() || idempotency_key.is_some() {
+            let mut headers = HeaderMap::new();
+            if let Some(correlation_id) = correlation_id {
+                headers.insert(CORRELATION_ID, correlation_id.to_string().as_str());
+            }
+            if let Some(key) = idempotency_key {
+                headers.insert(crate::idempotency::IDEMPOTENCY_KEY, key);
+            }
+            outgoing = outgoing.headers(headers);
+        }
         let reply =
-            self.client
+            self.inner.client
                 .send_request(subject, outgoing)
                 .await
                 .map_err(|source| match source.kind() {
@@ -167,6 +187,7 @@ impl Bus {
         headers.insert("Nats-Msg-Id", meta.event_id.to_string().as_str());
         headers.insert(CORRELATION_ID, meta.correlation_id.to_string().as_str());
         let ack = self
+            .inner
             .jetstream
             .publish_with_headers(subject, headers, payload.into())
             .await
@@ -198,10 +219,11 @@ impl Bus {
             subject: E::SUBJECT,
             reason: err,
         };
-        crate::events::ensure_stream(&self.jetstream)
+        crate::events::ensure_stream(&self.inner.jetstream)
             .await
             .map_err(|e| setup(e.to_string()))?;
         let stream = self
+            .inner
             .jetstream
             .get_stream(crate::events::EVENTS_STREAM)
             .await
@@ -281,8 +303,8 @@ impl Connection {
         let drained = async {
             // A flush failure means the connection is already gone; the drain
             // below reports that more precisely.
-            let _ = self.bus.client.flush().await;
-            self.bus.client.drain().await?;
+            let _ = self.bus.inner.client.flush().await;
+            self.bus.inner.client.drain().await?;
             // The sender lives in the connection's event callback; if it is
             // gone, so is the connection.
             let _ = self.closed.wait_for(|closed| *closed).await;

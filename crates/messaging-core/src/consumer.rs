@@ -256,16 +256,18 @@ async fn with_progress<T>(
     work: impl Future<Output = T>,
 ) -> T {
     tokio::pin!(work);
-    // The first tick one period from now: awaiting an "immediate" first tick
-    // would still go through the timer wheel and cost up to a millisecond
-    // on every event.
+    // A plain sleep, re-armed after each tick: no allocation, and no
+    // "immediate first tick", which would go through the timer wheel and
+    // cost up to a millisecond on every event.
     let period = ack_wait / 3;
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let tick = tokio::time::sleep(period);
+    tokio::pin!(tick);
     loop {
         tokio::select! {
             result = &mut work => return result,
-            _ = ticks.tick() => {
+            () = &mut tick => {
                 let _ = message.ack_with(AckKind::Progress).await;
+                tick.as_mut().reset(tokio::time::Instant::now() + period);
             }
         }
     }

@@ -280,6 +280,15 @@ impl ModuleHandle {
         condition: impl Fn(&HandlerSnapshot) -> bool,
     ) -> Option<HandlerSnapshot> {
         let (subject, stats) = self.handlers.iter().find(|(s, _)| *s == subject)?;
+        stats.waiters.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // Counted as a waiter for as long as this call lives, even if dropped.
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let _waiting = Waiting(&stats.waiters);
         let wait = async {
             loop {
                 let changed = stats.changed.notified();

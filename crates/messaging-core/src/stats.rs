@@ -16,6 +16,8 @@ pub(crate) struct HandlerStats {
     dead_lettered: AtomicU64,
     /// Woken after every change, for [`crate::ModuleHandle::wait_until`].
     pub(crate) changed: Notify,
+    /// How many are waiting: waking nobody costs a lock per message otherwise.
+    pub(crate) waiters: AtomicUsize,
 }
 
 /// A point-in-time copy of one handler's counters.
@@ -40,7 +42,7 @@ impl HandlerStats {
     pub(crate) fn enter(self: &Arc<Self>) -> InFlight {
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak_in_flight.fetch_max(now, Ordering::SeqCst);
-        self.changed.notify_waiters();
+        self.notify();
         InFlight(self.clone())
     }
 
@@ -58,7 +60,13 @@ impl HandlerStats {
 
     pub(crate) fn dead_lettered(&self) {
         self.dead_lettered.fetch_add(1, Ordering::SeqCst);
-        self.changed.notify_waiters();
+        self.notify();
+    }
+
+    fn notify(&self) {
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.changed.notify_waiters();
+        }
     }
 }
 
@@ -87,13 +95,13 @@ impl InFlight {
             }
         }
         self.0.completed.fetch_add(1, Ordering::SeqCst);
-        self.0.changed.notify_waiters();
+        self.0.notify();
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-        self.0.changed.notify_waiters();
+        self.0.notify();
     }
 }
