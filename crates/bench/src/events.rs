@@ -27,20 +27,29 @@ impl Event for Tick {
     const SUBJECT: &'static str = "events.bench.ours";
 }
 
+/// How a measurement publishes.
+#[derive(Clone, Copy, PartialEq)]
+enum Publisher {
+    /// Plain JetStream publish, no headers.
+    Raw,
+    /// JetStream publish with a `Nats-Msg-Id` header: the server's
+    /// deduplication, which our events use by design, without our code.
+    RawWithMsgId,
+    /// `Bus::publish`.
+    Ours,
+}
+
 /// Publishes `total` events with `window` acks in flight.
-async fn publish(bus: &Bus, ours: bool, window: usize, total: usize) -> anyhow::Result<Duration> {
+async fn publish(bus: &Bus, publisher: Publisher, window: usize, total: usize) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    if ours {
+    if publisher == Publisher::Ours {
         // Ours awaits each ack in its publisher: `window` concurrent publishers.
         let per = total.div_ceil(window);
         let publishers = (0..window).map(|w| {
             let bus = bus.clone();
             tokio::spawn(async move {
                 for i in 0..per {
-                    let tick = Tick {
-                        n: (w * per + i) as u64,
-                        note: "bench".into(),
-                    };
+                    let tick = Tick { n: (w * per + i) as u64, note: "bench".into() };
                     bus.publish(&tick, Uuid::new_v4()).await?;
                 }
                 anyhow::Ok(())
@@ -53,13 +62,15 @@ async fn publish(bus: &Bus, ours: bool, window: usize, total: usize) -> anyhow::
         let js = bus.jetstream();
         let mut acks = FuturesUnordered::new();
         for n in 0..total {
-            let payload = serde_json::to_vec(&Tick {
-                n: n as u64,
-                note: "bench".into(),
-            })?;
-            acks.push(std::future::IntoFuture::into_future(
-                js.publish(RAW_SUBJECT, payload.into()).await?,
-            ));
+            let payload = serde_json::to_vec(&Tick { n: n as u64, note: "bench".into() })?;
+            let ack = if publisher == Publisher::RawWithMsgId {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Msg-Id", Uuid::new_v4().to_string().as_str());
+                js.publish_with_headers(RAW_SUBJECT, headers, payload.into()).await?
+            } else {
+                js.publish(RAW_SUBJECT, payload.into()).await?
+            };
+            acks.push(std::future::IntoFuture::into_future(ack));
             if acks.len() >= window {
                 acks.next().await.expect("one in flight")?;
             }
@@ -95,8 +106,9 @@ async fn consume(bus: &Bus, ours: bool, round: usize, total: usize) -> anyhow::R
         let counter = Arc::new(Counter {
             seen: AtomicU64::new(0),
         });
-        let started = Instant::now();
         let mut module = Module::start(bus.clone(), spec, counter, Storage::Memory).await?;
+        // Timed from the consumer's creation, like the raw side.
+        let started = Instant::now();
         module.on_event(count).await?;
         let module = module.running();
         module
@@ -149,37 +161,31 @@ pub async fn run(
     window: usize,
 ) -> anyhow::Result<()> {
     messaging_core::ensure_stream(bus.jetstream()).await?;
-    let mut publish_time = [Duration::ZERO; 2];
+    let mut publish_time = [Duration::ZERO; 3];
     let mut consume_time = [Duration::ZERO; 2];
     for round in 0..rounds {
         for (side, ours, subject) in [(0, false, RAW_SUBJECT), (1, true, Tick::SUBJECT)] {
             purge(bus, subject).await?;
-            publish_time[side] += publish(bus, ours, window, total).await?;
+            let publisher = if ours { Publisher::Ours } else { Publisher::Raw };
+            publish_time[side] += publish(bus, publisher, window, total).await?;
             consume_time[side] += consume(bus, ours, round, total).await?;
         }
+        purge(bus, RAW_SUBJECT).await?;
+        publish_time[2] += publish(bus, Publisher::RawWithMsgId, window, total).await?;
     }
     let events = (total * rounds) as f64;
+    let rate = |time: Duration| events / time.as_secs_f64();
     for (side, name) in [(0, "raw"), (1, "ours")] {
-        report.add(
-            format!("events.publish.{name}.msgs_per_s"),
-            events / publish_time[side].as_secs_f64(),
-            "msg/s",
-        );
-        report.add(
-            format!("events.consume.{name}.msgs_per_s"),
-            events / consume_time[side].as_secs_f64(),
-            "msg/s",
-        );
+        report.add(format!("events.publish.{name}.msgs_per_s"), rate(publish_time[side]), "msg/s");
+        report.add(format!("events.consume.{name}.msgs_per_s"), rate(consume_time[side]), "msg/s");
     }
+    report.add("events.publish.raw_msg_id.msgs_per_s", rate(publish_time[2]), "msg/s");
+    report.ratio("events.publish.ratio", "events.publish.ours.msgs_per_s", "events.publish.raw.msgs_per_s");
     report.ratio(
-        "events.publish.ratio",
+        "events.publish.ratio_to_raw_msg_id",
         "events.publish.ours.msgs_per_s",
-        "events.publish.raw.msgs_per_s",
+        "events.publish.raw_msg_id.msgs_per_s",
     );
-    report.ratio(
-        "events.consume.ratio",
-        "events.consume.ours.msgs_per_s",
-        "events.consume.raw.msgs_per_s",
-    );
+    report.ratio("events.consume.ratio", "events.consume.ours.msgs_per_s", "events.consume.raw.msgs_per_s");
     Ok(())
 }

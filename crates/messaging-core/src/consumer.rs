@@ -264,6 +264,8 @@ async fn with_progress<T>(
     tokio::pin!(tick);
     loop {
         tokio::select! {
+            // Work first: a handler done at its first poll never arms the timer.
+            biased;
             result = &mut work => return result,
             () = &mut tick => {
                 let _ = message.ack_with(AckKind::Progress).await;
