@@ -40,7 +40,12 @@ enum Publisher {
 }
 
 /// Publishes `total` events with `window` acks in flight.
-async fn publish(bus: &Bus, publisher: Publisher, window: usize, total: usize) -> anyhow::Result<Duration> {
+async fn publish(
+    bus: &Bus,
+    publisher: Publisher,
+    window: usize,
+    total: usize,
+) -> anyhow::Result<Duration> {
     let started = Instant::now();
     if publisher == Publisher::Ours {
         // Ours awaits each ack in its publisher: `window` concurrent publishers.
@@ -49,7 +54,10 @@ async fn publish(bus: &Bus, publisher: Publisher, window: usize, total: usize) -
             let bus = bus.clone();
             tokio::spawn(async move {
                 for i in 0..per {
-                    let tick = Tick { n: (w * per + i) as u64, note: "bench".into() };
+                    let tick = Tick {
+                        n: (w * per + i) as u64,
+                        note: "bench".into(),
+                    };
                     bus.publish(&tick, Uuid::new_v4()).await?;
                 }
                 anyhow::Ok(())
@@ -62,11 +70,15 @@ async fn publish(bus: &Bus, publisher: Publisher, window: usize, total: usize) -
         let js = bus.jetstream();
         let mut acks = FuturesUnordered::new();
         for n in 0..total {
-            let payload = serde_json::to_vec(&Tick { n: n as u64, note: "bench".into() })?;
+            let payload = serde_json::to_vec(&Tick {
+                n: n as u64,
+                note: "bench".into(),
+            })?;
             let ack = if publisher == Publisher::RawWithMsgId {
                 let mut headers = async_nats::HeaderMap::new();
                 headers.insert("Nats-Msg-Id", Uuid::new_v4().to_string().as_str());
-                js.publish_with_headers(RAW_SUBJECT, headers, payload.into()).await?
+                js.publish_with_headers(RAW_SUBJECT, headers, payload.into())
+                    .await?
             } else {
                 js.publish(RAW_SUBJECT, payload.into()).await?
             };
@@ -166,7 +178,11 @@ pub async fn run(
     for round in 0..rounds {
         for (side, ours, subject) in [(0, false, RAW_SUBJECT), (1, true, Tick::SUBJECT)] {
             purge(bus, subject).await?;
-            let publisher = if ours { Publisher::Ours } else { Publisher::Raw };
+            let publisher = if ours {
+                Publisher::Ours
+            } else {
+                Publisher::Raw
+            };
             publish_time[side] += publish(bus, publisher, window, total).await?;
             consume_time[side] += consume(bus, ours, round, total).await?;
         }
@@ -176,16 +192,36 @@ pub async fn run(
     let events = (total * rounds) as f64;
     let rate = |time: Duration| events / time.as_secs_f64();
     for (side, name) in [(0, "raw"), (1, "ours")] {
-        report.add(format!("events.publish.{name}.msgs_per_s"), rate(publish_time[side]), "msg/s");
-        report.add(format!("events.consume.{name}.msgs_per_s"), rate(consume_time[side]), "msg/s");
+        report.add(
+            format!("events.publish.{name}.msgs_per_s"),
+            rate(publish_time[side]),
+            "msg/s",
+        );
+        report.add(
+            format!("events.consume.{name}.msgs_per_s"),
+            rate(consume_time[side]),
+            "msg/s",
+        );
     }
-    report.add("events.publish.raw_msg_id.msgs_per_s", rate(publish_time[2]), "msg/s");
-    report.ratio("events.publish.ratio", "events.publish.ours.msgs_per_s", "events.publish.raw.msgs_per_s");
+    report.add(
+        "events.publish.raw_msg_id.msgs_per_s",
+        rate(publish_time[2]),
+        "msg/s",
+    );
+    report.ratio(
+        "events.publish.ratio",
+        "events.publish.ours.msgs_per_s",
+        "events.publish.raw.msgs_per_s",
+    );
     report.ratio(
         "events.publish.ratio_to_raw_msg_id",
         "events.publish.ours.msgs_per_s",
         "events.publish.raw_msg_id.msgs_per_s",
     );
-    report.ratio("events.consume.ratio", "events.consume.ours.msgs_per_s", "events.consume.raw.msgs_per_s");
+    report.ratio(
+        "events.consume.ratio",
+        "events.consume.ours.msgs_per_s",
+        "events.consume.raw.msgs_per_s",
+    );
     Ok(())
 }

@@ -36,7 +36,11 @@ fn the_bench_runs_every_phase_and_prints_its_figures() {
     }
     let figures: Vec<serde_json::Value> =
         serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    assert_eq!(figures.len(), stdout.lines().count(), "the JSON has every printed figure");
+    assert_eq!(
+        figures.len(),
+        stdout.lines().count(),
+        "the JSON has every printed figure"
+    );
     std::fs::remove_file(json).ok();
 }
 

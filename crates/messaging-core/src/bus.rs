@@ -106,8 +106,7 @@ impl Bus {
         request: &R,
         idempotency_key: &str,
     ) -> Result<R::Reply, RequestError> {
-        self.send(request, None, Some(idempotency_key))
-            .await
+        self.send(request, None, Some(idempotency_key)).await
     }
 
     async fn send<R: Rpc>(
@@ -132,17 +131,18 @@ impl Bus {
             }
             outgoing = outgoing.headers(headers);
         }
-        let reply =
-            self.inner.client
-                .send_request(subject, outgoing)
-                .await
-                .map_err(|source| match source.kind() {
-                    async_nats::RequestErrorKind::NoResponders => {
-                        RequestError::NoResponders { subject }
-                    }
-                    async_nats::RequestErrorKind::TimedOut => RequestError::Timeout { subject },
-                    _ => RequestError::Transport { subject, source },
-                })?;
+        let reply = self
+            .inner
+            .client
+            .send_request(subject, outgoing)
+            .await
+            .map_err(|source| match source.kind() {
+                async_nats::RequestErrorKind::NoResponders => {
+                    RequestError::NoResponders { subject }
+                }
+                async_nats::RequestErrorKind::TimedOut => RequestError::Timeout { subject },
+                _ => RequestError::Transport { subject, source },
+            })?;
         // Service errors travel as headers with an empty body (ADR-32).
         if let Some(error) = reply.headers.as_ref().and_then(ServiceError::from_headers) {
             return Err(RequestError::Remote { subject, error });

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{AckKind, Message};
+use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use tokio::sync::Semaphore;
 
 use crate::context::Context;
 use crate::contract::Event;
@@ -108,7 +108,7 @@ pub(crate) async fn consume<E, S, F, Fut>(
     mut messages: pull::Stream,
     advisories: async_nats::Subscriber,
     stats: Arc<HandlerStats>,
-    limit: Arc<Semaphore>,
+    max_in_flight: usize,
     handler: Arc<F>,
     options: ConsumerOptions,
 ) where
@@ -123,10 +123,16 @@ pub(crate) async fn consume<E, S, F, Fut>(
         advisories,
         stats.clone(),
     ));
-    let durable: Arc<str> = durable.into();
+    // The handlers in flight run as futures of this one task, not as tasks
+    // of their own: concurrent all the same (one slow handler never holds up
+    // the others), without a task, a cross-thread wake-up and a reschedule
+    // per event, which cost more than the handling itself.
+    let mut running = FuturesUnordered::new();
     loop {
+        let pulling = running.len() < max_in_flight;
         let message = tokio::select! {
-            message = messages.next() => message,
+            message = messages.next(), if pulling => message,
+            Some(()) = running.next(), if !running.is_empty() => continue,
             () = shared.cancel.cancelled() => break,
         };
         let message = match message {
@@ -139,22 +145,16 @@ pub(crate) async fn consume<E, S, F, Fut>(
             }
             None => break,
         };
-        let permit = limit
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore never closed");
         let in_flight = stats.enter();
-        let (task_shared, handler) = (shared.clone(), handler.clone());
-        let (durable, stats) = (durable.clone(), stats.clone());
-        shared.tracker.spawn(async move {
-            let _permit = permit;
+        let (shared, handler, durable, stats) = (&shared, &handler, &durable, &stats);
+        running.push(async move {
             let ending =
-                deliver::<E, S, F, Fut>(message, &task_shared, &handler, &durable, options, &stats)
-                    .await;
+                deliver::<E, S, F, Fut>(message, shared, handler, durable, options, stats).await;
             in_flight.finish(ending);
         });
     }
+    // Stopping: the handlers in flight finish (and ack) before we return.
+    while running.next().await.is_some() {}
     // Events already pulled but not handed to a handler go back at once,
     // rather than after their ack wait.
     while let Some(Some(Ok(message))) = messages.next().now_or_never() {

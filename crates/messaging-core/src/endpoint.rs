@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use async_nats::service::endpoint::Endpoint;
 use bytes::Bytes;
+use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use crate::bus::CORRELATION_ID;
@@ -27,7 +27,7 @@ pub(crate) async fn serve<R, S, F, Fut>(
     shared: Arc<Shared<S>>,
     mut endpoint: Endpoint,
     stats: Arc<HandlerStats>,
-    limit: Arc<Semaphore>,
+    max_in_flight: usize,
     handler: Arc<F>,
 ) where
     R: Rpc,
@@ -36,40 +36,43 @@ pub(crate) async fn serve<R, S, F, Fut>(
     Fut: Future<Output = Result<R::Reply, ServiceError>> + Send + 'static,
 {
     let subject = R::SUBJECT;
+    // Requests in flight run as futures of this one task (see the same
+    // choice in `consumer.rs`): concurrent, without a task per request.
+    let mut running = FuturesUnordered::new();
     let mut stopping = false;
-    loop {
-        let request = if stopping {
-            endpoint.next().await
-        } else {
-            tokio::select! {
-                request = endpoint.next() => request,
-                () = shared.cancel.cancelled() => {
-                    // Stop intake; requests already delivered to us are
-                    // still read below and answered.
-                    stopping = true;
-                    if let Err(err) = endpoint.stop().await {
-                        tracing::warn!(subject, %err, "failed to unsubscribe endpoint");
-                        break;
-                    }
-                    continue;
+    let mut open = true;
+    while open || !running.is_empty() {
+        let request = tokio::select! {
+            request = endpoint.next(), if open => request,
+            Some(()) = running.next(), if !running.is_empty() => continue,
+            () = shared.cancel.cancelled(), if !stopping => {
+                // Stop intake; requests already delivered to us are still
+                // read and answered until the endpoint's stream ends.
+                stopping = true;
+                if let Err(err) = endpoint.stop().await {
+                    tracing::warn!(subject, %err, "failed to unsubscribe endpoint");
+                    open = false;
                 }
+                continue;
             }
         };
-        let Some(request) = request else { break };
+        let Some(request) = request else {
+            open = false;
+            continue;
+        };
         // Saturated: say so at once rather than let the requester time out
         // waiting for a slot.
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
+        if running.len() >= max_in_flight {
             let busy = ServiceError::unavailable(format!(
                 "overloaded: too many {subject} requests in flight, retry later"
             ));
             let _ = request.respond(Err(busy.into())).await;
             continue;
-        };
+        }
         let in_flight = stats.enter();
-        let (shared2, handler) = (shared.clone(), handler.clone());
-        shared.tracker.spawn(async move {
-            let _permit = permit;
-            let ending = answer::<R, S, F, Fut>(request, &shared2, &handler).await;
+        let (shared, handler) = (&shared, &handler);
+        running.push(async move {
+            let ending = answer::<R, S, F, Fut>(request, shared, handler).await;
             in_flight.finish(ending);
         });
     }

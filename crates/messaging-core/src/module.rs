@@ -37,7 +37,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::service::{Service, ServiceExt};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -172,12 +171,11 @@ impl<S: Send + Sync + 'static> Module<S> {
             .await
             .map_err(|source| RegisterError::Endpoint { subject, source })?;
         let stats = self.track(subject);
-        let limit = Arc::new(Semaphore::new(self.max_in_flight));
         self.shared.tracker.spawn(endpoint::serve::<R, S, F, Fut>(
             self.shared.clone(),
             endpoint,
             stats,
-            limit,
+            self.max_in_flight,
             Arc::new(handler),
         ));
         Ok(())
@@ -203,14 +201,13 @@ impl<S: Send + Sync + 'static> Module<S> {
         )
         .await?;
         let stats = self.track(subject);
-        let limit = Arc::new(Semaphore::new(self.max_in_flight));
         self.shared.tracker.spawn(consumer::consume::<E, S, F, Fut>(
             self.shared.clone(),
             durable,
             messages,
             advisories,
             stats,
-            limit,
+            self.max_in_flight,
             Arc::new(handler),
             self.consumer,
         ));
@@ -280,7 +277,9 @@ impl ModuleHandle {
         condition: impl Fn(&HandlerSnapshot) -> bool,
     ) -> Option<HandlerSnapshot> {
         let (subject, stats) = self.handlers.iter().find(|(s, _)| *s == subject)?;
-        stats.waiters.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        stats
+            .waiters
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         // Counted as a waiter for as long as this call lives, even if dropped.
         struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
         impl Drop for Waiting<'_> {

@@ -1,0 +1,74 @@
+//! Our durable consumer alone, for profiling: N events pre-published, then
+//! handled by a module.
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use messaging_core::contract::Event;
+use messaging_core::{Context, Module, ModuleSpec, ServiceError, Storage};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Tick {
+    n: u64,
+    note: String,
+}
+impl Event for Tick {
+    const SUBJECT: &'static str = "events.prof.tick";
+}
+
+async fn count(c: Arc<AtomicU64>, _: Context, _: Tick) -> Result<(), ServiceError> {
+    c.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let total: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(100_000);
+    let server = messaging_core::broker::NatsServer::start().await?;
+    let conn = messaging_core::Connection::connect(server.url(), "prof").await?;
+    let bus = conn.bus().clone();
+    messaging_core::ensure_stream(bus.jetstream()).await?;
+    let mut acks = Vec::new();
+    for n in 0..total {
+        acks.push(bus.jetstream().publish(Tick::SUBJECT, serde_json::to_vec(&serde_json::json!({"event_id": uuid::Uuid::new_v4(), "correlation_id": uuid::Uuid::new_v4(), "n": n, "note": "x"}))?.into()).await?);
+        if acks.len() > 1000 {
+            for a in acks.drain(..) {
+                a.await?;
+            }
+        }
+    }
+    for a in acks.drain(..) {
+        a.await?;
+    }
+    let counter = Arc::new(AtomicU64::new(0));
+    let mut m = Module::start(
+        bus.clone(),
+        ModuleSpec {
+            name: "prof",
+            version: "0.1.0",
+            description: "",
+        },
+        counter,
+        Storage::Memory,
+    )
+    .await?;
+    let t0 = Instant::now();
+    m.on_event(count).await?;
+    let m = m.running();
+    m.handled(Tick::SUBJECT, total, Duration::from_secs(600))
+        .await
+        .unwrap();
+    println!(
+        "consumed {total} in {:?}: {:.0}/s",
+        t0.elapsed(),
+        total as f64 / t0.elapsed().as_secs_f64()
+    );
+    m.shutdown().await;
+    conn.drain(Duration::from_secs(5)).await?;
+    server.stop().await?;
+    Ok(())
+}
