@@ -5,7 +5,7 @@
 //! concurrent events (in one process or in several) can never both move the
 //! same order, and none is silently overwritten.
 
-use messaging_core::contract::{Order, OrderId, OrderStatus};
+use messaging_core::contract::{Order, OrderId, OrderStatus, UserId};
 use messaging_core::store::{Change, Storage, StoreError, Table};
 use serde::{Deserialize, Serialize};
 
@@ -47,12 +47,24 @@ impl From<StoreError> for TransitionError {
 /// All orders.
 pub struct Orders {
     table: Table<OrderRecord>,
+    /// Users known to exist (bounded: the least recently seen are forgotten,
+    /// and only cost one more `user.get`).
+    known_users: std::sync::Mutex<lru::LruCache<UserId, ()>>,
+}
+
+/// How many known users are remembered.
+const KNOWN_USERS: usize = 4_096;
+
+fn known_users() -> std::sync::Mutex<lru::LruCache<UserId, ()>> {
+    let capacity = std::num::NonZeroUsize::new(KNOWN_USERS).expect("non-zero");
+    std::sync::Mutex::new(lru::LruCache::new(capacity))
 }
 
 impl Orders {
     pub async fn open(client: &async_nats::Client, storage: Storage) -> Result<Self, StoreError> {
         Ok(Self {
             table: Table::open(client, storage, "orders", None).await?,
+            known_users: known_users(),
         })
     }
 
@@ -60,6 +72,7 @@ impl Orders {
     pub fn in_memory() -> Self {
         Self {
             table: Table::in_memory(),
+            known_users: known_users(),
         }
     }
 
@@ -88,6 +101,20 @@ impl Orders {
                 .unwrap_or(record.order)),
             Err(err) => Err(err),
         }
+    }
+
+    /// Whether `user` is known to exist.
+    pub fn known_user(&self, user: UserId) -> bool {
+        self.known_users
+            .lock()
+            .expect("users lock")
+            .get(&user)
+            .is_some()
+    }
+
+    /// Remembers that `user` exists.
+    pub fn remember_user(&self, user: UserId) {
+        self.known_users.lock().expect("users lock").put(user, ());
     }
 
     pub async fn get(&self, id: OrderId) -> Result<Option<OrderRecord>, StoreError> {
@@ -141,7 +168,7 @@ fn already_reached(current: OrderStatus, target: OrderStatus) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use messaging_core::contract::{ProductId, Quantity, UserId};
+    use messaging_core::contract::{ProductId, Quantity};
 
     fn status(
         t: Result<Transition, TransitionError>,
