@@ -13,8 +13,12 @@
 use std::time::Duration;
 
 use crate::broker::NatsServer;
+use std::future::Future;
+
 use crate::bus::{Bus, Connection};
+use crate::error::RegisterError;
 use crate::error::{RequestError, ServiceError};
+use crate::module::ModuleHandle;
 
 /// The structured error of a request that was expected to be refused.
 ///
@@ -105,5 +109,39 @@ impl TestBroker {
         }
         let TestBroker { server, .. } = self;
         server.stop().await.expect("stop the test broker");
+    }
+}
+
+/// A broker with one module registered on the test's connection: the
+/// `spawn_app()` of a module crate's tests.
+pub struct TestModule {
+    pub broker: TestBroker,
+    pub module: ModuleHandle,
+}
+
+/// Starts a broker and registers a module with `register` (such as
+/// `user::register`); panics if either fails.
+pub async fn spawn_module<F, Fut>(register: F) -> TestModule
+where
+    F: FnOnce(async_nats::Client) -> Fut,
+    Fut: Future<Output = Result<ModuleHandle, RegisterError>>,
+{
+    let broker = spawn_broker().await;
+    let module = register(broker.bus().client().clone())
+        .await
+        .unwrap_or_else(|err| panic!("cannot register the module: {err}"));
+    TestModule { broker, module }
+}
+
+impl TestModule {
+    /// The test's connection.
+    pub fn bus(&self) -> &Bus {
+        self.broker.bus()
+    }
+
+    /// Stops the module gracefully, then the broker.
+    pub async fn shutdown(self) {
+        self.module.shutdown().await;
+        self.broker.shutdown().await;
     }
 }

@@ -9,30 +9,31 @@ use messaging_core::contract::{
     OrderStatus, Product, ProductCreated, ProductId, Quantity, ReserveStock, StockChange,
     StockUpdated, UserId,
 };
-use messaging_core::testing::{expect_refusal, spawn_broker, TestBroker};
-use messaging_core::{Bus, EventMeta, ModuleHandle};
+use messaging_core::testing::{expect_refusal, spawn_module, TestModule};
+use messaging_core::EventMeta;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// The product module on its own broker, with helpers to drive it.
 struct App {
-    broker: TestBroker,
-    module: ModuleHandle,
+    inner: TestModule,
 }
 
 async fn spawn_app() -> App {
-    let broker = spawn_broker().await;
-    let module = product::register(broker.bus().client().clone())
-        .await
-        .expect("register the product module");
-    App { broker, module }
+    App {
+        inner: spawn_module(product::register).await,
+    }
+}
+
+impl std::ops::Deref for App {
+    type Target = TestModule;
+    fn deref(&self) -> &TestModule {
+        &self.inner
+    }
 }
 
 impl App {
-    fn bus(&self) -> &Bus {
-        self.broker.bus()
-    }
-
     async fn product(&self, stock: u32) -> Product {
         self.bus()
             .request(&CreateProduct {
@@ -61,8 +62,7 @@ impl App {
     }
 
     async fn shutdown(self) {
-        self.module.shutdown().await;
-        self.broker.shutdown().await;
+        self.inner.shutdown().await;
     }
 }
 

@@ -4,29 +4,12 @@
 use std::time::Duration;
 
 use messaging_core::contract::{CreateUser, GetUser, Name, UserCreated, UserId};
-use messaging_core::testing::{expect_refusal, spawn_broker, TestBroker};
-use messaging_core::ModuleHandle;
+use messaging_core::testing::{expect_refusal, spawn_module, TestModule};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-struct App {
-    broker: TestBroker,
-    module: ModuleHandle,
-}
-
-async fn spawn_app() -> App {
-    let broker = spawn_broker().await;
-    let module = user::register(broker.bus().client().clone())
-        .await
-        .expect("register the user module");
-    App { broker, module }
-}
-
-impl App {
-    async fn shutdown(self) {
-        self.module.shutdown().await;
-        self.broker.shutdown().await;
-    }
+async fn spawn_app() -> TestModule {
+    spawn_module(user::register).await
 }
 
 #[tokio::test]

@@ -15,13 +15,13 @@ use futures::StreamExt;
 use messaging_core::contract::{
     CreateProduct, CreateUser, GetProduct, Name, OrderId, OrderStatus, PlaceOrder, Product,
 };
-use messaging_core::{Bus, Connection, RequestError};
+use messaging_core::Connection;
 use nix::sys::signal::Signal;
 use rand::{Rng, SeedableRng};
 
 use crate::binary::{assert_gone, broker_pid, start_until, Running};
 use crate::durability::terminal_statuses;
-use crate::support::{bucket, q};
+use crate::support::{bucket, place_until_answered, q};
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -58,29 +58,6 @@ fn url_of(running: &Running) -> String {
         .find_map(|l| l.strip_prefix("serving on "))
         .unwrap()
         .to_owned()
-}
-
-/// Places one order, retrying with the same key through crashes until the
-/// system answers.
-async fn place(bus: &Bus, request: &PlaceOrder, key: &str) -> OrderId {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
-    loop {
-        match bus.request_with_key(request, key).await {
-            Ok(order) => return order.id,
-            Err(RequestError::Remote { error, .. })
-                if error.status < 500 && error.code != "request_in_progress" =>
-            {
-                panic!("order {key} refused: {error}")
-            }
-            Err(_) => {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "order {key} never went through"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
 }
 
 #[tokio::test]
@@ -131,7 +108,9 @@ async fn killing_the_system_at_random_moments_loses_no_order_and_doubles_no_effe
                     let (bus, accepted, request) = (bus.clone(), accepted.clone(), request.clone());
                     async move {
                         let key = format!("crash-order-{i}");
-                        let id = place(&bus, &request, &key).await;
+                        let id =
+                            place_until_answered(&bus, &request, &key, Duration::from_secs(180))
+                                .await;
                         accepted.lock().unwrap().insert(key, id);
                     }
                 })

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use messaging_core::broker::{BrokerConfig, NatsServer};
 use messaging_core::contract::{
-    subjects, GetOrder, OrderFulfilled, OrderId, OrderStatus, PlaceOrder, Product, User,
+    subjects, GetOrder, OrderFulfilled, OrderId, OrderStatus, PlaceOrder, Product,
 };
 use messaging_core::dead_letter::{DeadLetterKind, DeadLetters};
-use messaging_core::{shutdown_all, Bus, Connection, ModuleHandle, RequestError, Storage};
+use messaging_core::{shutdown_all, Bus, Connection, ModuleHandle, Storage};
 
-use crate::support::{instant_payments, q, spawn_system, WAIT};
+use crate::support::{instant_payments, place_until_answered, q, spawn_system, WAIT};
 
 #[tokio::test]
 async fn a_malformed_order_created_event_is_poisoned_and_valid_orders_go_on() {
@@ -140,34 +140,6 @@ async fn register_all(bus: &Bus, storage: Storage) -> Vec<ModuleHandle> {
     ]
 }
 
-/// Places an order with an idempotency key, retrying through outages until
-/// the system answers.
-async fn place_until_answered(bus: &Bus, user: &User, product: &Product, key: &str) -> OrderId {
-    let request = PlaceOrder {
-        user_id: user.id,
-        product_id: product.id,
-        quantity: q(1),
-    };
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match bus.request_with_key(&request, key).await {
-            Ok(order) => return order.id,
-            Err(RequestError::Remote { error, .. })
-                if error.status < 500 && error.code != "request_in_progress" =>
-            {
-                panic!("order {key} refused: {error}")
-            }
-            Err(_) => {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "order {key} never went through"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
 /// Waits until every order is in a terminal state; returns the statuses.
 pub async fn terminal_statuses(
     bus: &Bus,
@@ -234,11 +206,15 @@ async fn the_broker_restarting_mid_load_loses_nothing() {
     let placing = {
         let (bus, user, product) = (bus.clone(), user.clone(), product.clone());
         tokio::spawn(async move {
+            let request = PlaceOrder {
+                user_id: user.id,
+                product_id: product.id,
+                quantity: q(1),
+            };
             let mut ids = Vec::new();
             for i in 0..60 {
-                ids.push(
-                    place_until_answered(&bus, &user, &product, &format!("restart-{i}")).await,
-                );
+                let key = format!("restart-{i}");
+                ids.push(place_until_answered(&bus, &request, &key, WAIT).await);
             }
             ids
         })

@@ -121,3 +121,33 @@ pub async fn bucket(bus: &Bus, name: &str) -> Vec<serde_json::Value> {
     }
     values
 }
+
+/// Places an order with an idempotency key, retrying with the same key
+/// through outages and crashes until the system answers (at most `patience`):
+/// what a careful client does.
+pub async fn place_until_answered(
+    bus: &Bus,
+    request: &PlaceOrder,
+    key: &str,
+    patience: Duration,
+) -> OrderId {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        match bus.request_with_key(request, key).await {
+            Ok(order) => return order.id,
+            Err(RequestError::Remote { error, .. })
+                if error.status < 500 && error.code != "request_in_progress" =>
+            {
+                panic!("order {key} refused: {error}")
+            }
+            Err(_) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "order {key} never went through"
+                );
+                // The system is down or busy: try again shortly.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
