@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 
-use crate::{arch, cargo, nats};
+use crate::{arch, cargo, nats, tests};
 
 /// One cargo invocation of the CI sequence.
 struct Step {
@@ -56,6 +56,7 @@ pub fn run() -> Result<()> {
     announce("architecture check");
     arch::run(&cargo).context("xtask ci: step `architecture check` failed")?;
 
+    let mut totals = None;
     for Step { args, env } in CARGO_STEPS {
         let mut command = cargo.command(args);
         command.envs(env.iter().copied());
@@ -65,13 +66,23 @@ pub fn run() -> Result<()> {
             .collect::<String>()
             + &cargo::describe(&command);
         announce(&step);
-        let status = cargo::run(&mut command)?;
+        let status = if args.first() == Some(&"test") {
+            let (status, counted) = tests::run_counting(&mut command)?;
+            totals = Some(counted);
+            status
+        } else {
+            cargo::run(&mut command)?
+        };
         if !status.success() {
             bail!("xtask ci: step `{step}` failed ({status})");
         }
     }
 
     println!("==> xtask ci: all checks passed");
+    // One plain closing line with the totals, for whoever reads the log's end.
+    if let Some(totals) = totals {
+        println!("{totals}");
+    }
     Ok(())
 }
 

@@ -10,6 +10,7 @@ mod cargo;
 mod ci;
 mod demo;
 mod nats;
+mod tests;
 
 use std::process::ExitCode;
 
