@@ -1,4 +1,5 @@
-//! Serving one request subject: decode, run the handler in its own task,
+//! Serving one request subject: decode, run the handler concurrently with
+//! the others in flight,
 //! reply the value or the structured error. Every request gets a reply.
 
 use std::future::Future;

@@ -22,8 +22,9 @@
 //! * events consumed through durable JetStream consumers, acknowledged after
 //!   the handler's effect is stored, retried with backoff, dead-lettered when
 //!   hopeless (see `consumer.rs`);
-//! * handlers run concurrently (each request and each event in its own task,
-//!   bounded by a semaphore), so one slow handler never stalls a subject;
+//! * handlers run concurrently (each request and each event a future of its
+//!   subject's intake task, bounded per subject), so one slow handler never
+//!   stalls a subject;
 //! * shutdown: stop intake, let in-flight handlers finish, flush.
 //!
 //! One window remains on the request side, and it belongs to core NATS: a
@@ -157,7 +158,7 @@ impl<S: Send + Sync + 'static> Module<S> {
         Context::new_flow(self.shared.bus.clone())
     }
 
-    /// Answers `R::SUBJECT` with `handler`, one task per request.
+    /// Answers `R::SUBJECT` with `handler`, requests handled concurrently.
     pub async fn serve<R, F, Fut>(&mut self, handler: F) -> Result<(), RegisterError>
     where
         R: Rpc,
@@ -181,7 +182,7 @@ impl<S: Send + Sync + 'static> Module<S> {
         Ok(())
     }
 
-    /// Reacts to every `E` event with `handler`, one task per event, through
+    /// Reacts to every `E` event with `handler`, events handled concurrently, through
     /// the module's durable consumer for `E::SUBJECT`.
     pub async fn on_event<E, F, Fut>(&mut self, handler: F) -> Result<(), RegisterError>
     where

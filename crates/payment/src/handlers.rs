@@ -12,7 +12,7 @@ use crate::state::{Outcome, PaymentRecord, Payments};
 
 /// `events.order.created`: takes the payment and announces the outcome.
 ///
-/// Each event runs in its own task (see `messaging_core::Module::on_event`),
+/// Events are handled concurrently (see `messaging_core::Module::on_event`),
 /// so the delay of one payment does not hold up the others. An order whose
 /// payment was already taken is not charged again: its outcome is announced
 /// again instead (the same fact, so the same event id), which is what a
