@@ -1,6 +1,6 @@
 //! Serving one request subject: decode, run the handler concurrently with
-//! the others in flight,
-//! reply the value or the structured error. Every request gets a reply.
+//! the others in flight, reply the value or the structured error. Every
+//! request gets a reply.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
