@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use messaging_core::broker::{BrokerConfig, NatsServer};
-use messaging_core::{shutdown_all, Bus, Connection, ModuleHandle, Storage};
+use messaging_core::{shutdown_all, Bus, Connection, ModuleHandle, RegisterError, Storage};
 use payment::PaymentConfig;
 
 /// How long the connection may take to drain at shutdown.
@@ -47,13 +47,7 @@ impl App {
         storage: Storage,
     ) -> anyhow::Result<App> {
         let (server, connection, url) = connect(broker).await?;
-        let client = connection.client().clone();
-        let modules = vec![
-            user::register_with(client.clone(), storage).await?,
-            product::register_with(client.clone(), storage).await?,
-            order::register_with(client.clone(), storage).await?,
-            payment::register_with(client, payment, storage).await?,
-        ];
+        let modules = register_modules(connection.client(), payment, storage).await?;
         Ok(App {
             server,
             url,
@@ -102,6 +96,20 @@ impl App {
         tracing::info!("shut down cleanly");
         Ok(())
     }
+}
+
+/// Registers the four modules on `client`, their state kept as `storage` says.
+pub async fn register_modules(
+    client: &async_nats::Client,
+    payment: PaymentConfig,
+    storage: Storage,
+) -> Result<Vec<ModuleHandle>, RegisterError> {
+    Ok(vec![
+        user::register_with(client.clone(), storage).await?,
+        product::register_with(client.clone(), storage).await?,
+        order::register_with(client.clone(), storage).await?,
+        payment::register_with(client.clone(), payment, storage).await?,
+    ])
 }
 
 /// Starts (or joins) the broker and connects; checks that it has JetStream.

@@ -81,17 +81,11 @@ impl System {
         let server = NatsServer::start_with(BrokerConfig::default()).await?;
         let modules_conn = Connection::connect(server.url(), "bench-modules").await?;
         let client_conn = Connection::connect(server.url(), "bench-clients").await?;
-        let client = modules_conn.client().clone();
         let payment = PaymentConfig {
             delay: Duration::ZERO,
             ..PaymentConfig::default()
         };
-        let modules = vec![
-            user::register_with(client.clone(), storage).await?,
-            product::register_with(client.clone(), storage).await?,
-            order::register_with(client.clone(), storage).await?,
-            payment::register_with(client, payment, storage).await?,
-        ];
+        let modules = demo::app::register_modules(modules_conn.client(), payment, storage).await?;
         let bus = client_conn.bus().clone();
         let user = bus
             .request(&CreateUser {

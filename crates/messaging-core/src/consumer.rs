@@ -100,7 +100,7 @@ pub(crate) async fn open(
     consumer.messages().await.map_err(|e| failed(e.to_string()))
 }
 
-/// Pulls events until the module stops, one task each.
+/// Pulls events until the module stops, handling them concurrently.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn consume<E, S, F, Fut>(
     shared: Arc<Shared<S>>,
@@ -120,6 +120,7 @@ pub(crate) async fn consume<E, S, F, Fut>(
     let subject = E::SUBJECT;
     shared.tracker.spawn(record_max_deliveries(
         shared.clone(),
+        subject,
         advisories,
         stats.clone(),
     ));
@@ -181,14 +182,8 @@ where
         Ok(info) => (info.stream_sequence, info.delivered),
         Err(_) => (0, 1),
     };
-    let letter = |kind: DeadLetterKind, reason: String| DeadLetter {
-        id: format!("{durable}.{sequence}"),
-        kind,
-        consumer: durable.to_owned(),
-        subject: subject.to_owned(),
-        stream_sequence: sequence,
-        deliveries: delivered,
-        reason,
+    let letter = |kind: DeadLetterKind, reason: String| {
+        DeadLetter::new(kind, durable, subject, sequence, delivered, reason)
     };
 
     let delivered_event = match Delivered::<E>::decode(&message.payload) {
@@ -314,9 +309,11 @@ pub(crate) async fn watch_max_deliveries(
 /// Records the events the server gave up on, from its advisories: those
 /// whose last delivery was never answered (the process died, or the ack wait
 /// ran out). Failures we saw are recorded by `deliver` itself, with their
-/// reason; this only fills the gaps.
+/// reason; this only fills the gaps. The consumer filters on `subject`, so
+/// every event it gives up on is one of those.
 async fn record_max_deliveries<S>(
     shared: Arc<Shared<S>>,
+    subject: &'static str,
     mut advisories: async_nats::Subscriber,
     stats: Arc<HandlerStats>,
 ) {
@@ -330,22 +327,14 @@ async fn record_max_deliveries<S>(
         else {
             continue;
         };
-        let subject = match shared.bus.jetstream().get_stream(EVENTS_STREAM).await {
-            Ok(stream) => match stream.get_raw_message(advisory.stream_seq).await {
-                Ok(message) => message.subject.to_string(),
-                Err(_) => "(no longer in the stream)".to_owned(),
-            },
-            Err(_) => "(unknown)".to_owned(),
-        };
-        let letter = DeadLetter {
-            id: format!("{}.{}", advisory.consumer, advisory.stream_seq),
-            kind: DeadLetterKind::MaxDeliveries,
-            consumer: advisory.consumer,
+        let letter = DeadLetter::new(
+            DeadLetterKind::MaxDeliveries,
+            &advisory.consumer,
             subject,
-            stream_sequence: advisory.stream_seq,
-            deliveries: advisory.deliveries,
-            reason: "delivery limit reached without an answer (ack wait expired)".to_owned(),
-        };
+            advisory.stream_seq,
+            advisory.deliveries,
+            "delivery limit reached without an answer (ack wait expired)".to_owned(),
+        );
         match shared.dead_letters.record_new(&letter).await {
             Ok(true) => stats.dead_lettered(),
             Ok(false) => {}

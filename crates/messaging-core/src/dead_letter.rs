@@ -46,6 +46,28 @@ pub struct DeadLetter {
     pub reason: String,
 }
 
+impl DeadLetter {
+    /// The letter of event `stream_sequence` given up on by `consumer`.
+    pub fn new(
+        kind: DeadLetterKind,
+        consumer: &str,
+        subject: &str,
+        stream_sequence: u64,
+        deliveries: i64,
+        reason: String,
+    ) -> Self {
+        Self {
+            id: format!("{consumer}.{stream_sequence}"),
+            kind,
+            consumer: consumer.to_owned(),
+            subject: subject.to_owned(),
+            stream_sequence,
+            deliveries,
+            reason,
+        }
+    }
+}
+
 /// Why a dead-letter operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DeadLetterError {

@@ -23,7 +23,8 @@ use crate::stats::{Ending, HandlerStats};
 /// Longest accepted `Idempotency-Key`.
 const MAX_KEY_LEN: usize = 256;
 
-/// Reads requests from `endpoint` until the module stops, one task each.
+/// Reads requests from `endpoint` until the module stops, handling them
+/// concurrently.
 pub(crate) async fn serve<R, S, F, Fut>(
     shared: Arc<Shared<S>>,
     mut endpoint: Endpoint,
@@ -111,47 +112,7 @@ where
         idempotency_key: key.clone(),
     };
 
-    let payload = &request.message.payload;
-    let reply = match key {
-        None => match decode::<R>(payload) {
-            Ok(decoded) => handle(handler, shared, ctx, decoded).await,
-            Err(err) => Err(err),
-        },
-        Some(key) if key.len() > MAX_KEY_LEN => Err(ServiceError::bad_request(format!(
-            "{IDEMPOTENCY_KEY} is longer than {MAX_KEY_LEN} bytes"
-        ))),
-        // Malformed input is refused before the key is remembered, so that
-        // the corrected request, with the same key, runs.
-        Some(key) => match decode::<R>(payload) {
-            Err(err) => Err(err),
-            Ok(decoded) => match shared.idempotency.claim(R::SUBJECT, &key, payload).await {
-                Ok(Claim::Replay(reply)) => reply,
-                Ok(Claim::Busy) => Err(ServiceError::conflict(
-                    "request_in_progress",
-                    format!("a request with {IDEMPOTENCY_KEY} {key:?} is still being handled"),
-                )),
-                Ok(Claim::OtherRequest) => Err(ServiceError::new(
-                    422,
-                    "idempotency_key_reused",
-                    format!("{IDEMPOTENCY_KEY} {key:?} was used for a different request"),
-                )),
-                Err(err) => Err(err.into()),
-                Ok(Claim::Claimed) => {
-                    let reply = handle(handler, shared, ctx, decoded).await;
-                    if let Err(err) = shared
-                        .idempotency
-                        .finish(R::SUBJECT, &key, payload, &reply)
-                        .await
-                    {
-                        // The effect happened; only the memory of it is missing,
-                        // and the handler's derived ids make a retry converge.
-                        tracing::warn!(subject = R::SUBJECT, %err, "idempotency key not stored");
-                    }
-                    reply
-                }
-            },
-        },
-    };
+    let reply = reply_to(&request.message.payload, key, ctx, shared, handler).await;
 
     let ending = if reply.is_ok() {
         Ending::Ok
@@ -172,6 +133,54 @@ where
         tracing::debug!(subject = R::SUBJECT, %err, "could not send reply");
     }
     ending
+}
+
+/// The reply to one request: decoded first (malformed input is refused
+/// before its key is remembered, so the corrected request, with the same
+/// key, runs), then handled, or replayed under its `Idempotency-Key`.
+async fn reply_to<R, S, F, Fut>(
+    payload: &[u8],
+    key: Option<String>,
+    ctx: Context,
+    shared: &Shared<S>,
+    handler: &F,
+) -> Result<String, ServiceError>
+where
+    R: Rpc,
+    F: Fn(Arc<S>, Context, R) -> Fut,
+    Fut: Future<Output = Result<R::Reply, ServiceError>>,
+{
+    let request = decode::<R>(payload)?;
+    let Some(key) = key else {
+        return handle(handler, shared, ctx, request).await;
+    };
+    if key.len() > MAX_KEY_LEN {
+        return Err(ServiceError::bad_request(format!(
+            "{IDEMPOTENCY_KEY} is longer than {MAX_KEY_LEN} bytes"
+        )));
+    }
+    match shared.idempotency.claim(R::SUBJECT, &key, payload).await? {
+        Claim::Replay(reply) => reply,
+        Claim::Busy => Err(ServiceError::conflict(
+            "request_in_progress",
+            format!("a request with {IDEMPOTENCY_KEY} {key:?} is still being handled"),
+        )),
+        Claim::OtherRequest => Err(ServiceError::new(
+            422,
+            "idempotency_key_reused",
+            format!("{IDEMPOTENCY_KEY} {key:?} was used for a different request"),
+        )),
+        Claim::Claimed => {
+            let reply = handle(handler, shared, ctx, request).await;
+            let remembered = shared.idempotency.finish(R::SUBJECT, &key, payload, &reply);
+            if let Err(err) = remembered.await {
+                // The effect happened; only the memory of it is missing,
+                // and the handler's derived ids make a retry converge.
+                tracing::warn!(subject = R::SUBJECT, %err, "idempotency key not stored");
+            }
+            reply
+        }
+    }
 }
 
 /// Runs the handler; the reply as JSON text, or the error.

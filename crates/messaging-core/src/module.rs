@@ -153,9 +153,10 @@ impl<S: Send + Sync + 'static> Module<S> {
         &self.shared.state
     }
 
-    /// A context for work outside handlers, such as a recovery sweep at start.
-    pub fn context(&self) -> Context {
-        Context::new_flow(self.shared.bus.clone())
+    /// The bus the module's handlers use, for work outside handlers such as
+    /// a recovery sweep at start.
+    pub fn bus(&self) -> &Bus {
+        &self.shared.bus
     }
 
     /// Answers `R::SUBJECT` with `handler`, requests handled concurrently.

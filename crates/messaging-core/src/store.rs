@@ -377,7 +377,7 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
             };
             let written = match &current {
                 Some(current) => self.update(key, &value, current.revision).await,
-                None => self.create(key, &value).await,
+                None => self.create_raw(key, &value).await,
             };
             match written {
                 Ok(revision) => {
@@ -443,20 +443,38 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn concurrent_modifies_lose_no_update() {
-        let table: Table<u32> = Table::in_memory();
-        table.create("n", &0).await.unwrap();
-        let bumps = (0..100).map(|_| {
-            let table = table.clone();
-            tokio::spawn(async move {
-                table
-                    .modify::<(), StoreError>("n", |v| Ok(Change::Write(v.unwrap() + 1, ())))
-                    .await
-            })
-        });
-        for bump in futures::future::join_all(bumps).await {
-            bump.unwrap().unwrap();
-        }
-        assert_eq!(table.get("n").await.unwrap().unwrap().value, 100);
+    async fn a_stale_cached_value_is_never_written_over_or_decided_on() {
+        // Two tables on one backend: two writers with their own caches, as
+        // two processes on one bucket would be.
+        let a: Table<u32> = Table::in_memory();
+        let b = Table::<u32> {
+            backend: a.backend.clone(),
+            stripes: stripes(),
+            cache: cache(),
+        };
+        a.create("n", &0).await.unwrap(); // a now caches 0
+        b.modify::<(), StoreError>("n", |n| Ok(Change::Write(n.unwrap() + 1, ())))
+            .await
+            .unwrap();
+
+        // a starts from its stale 0: the write must be refused and redone on 1.
+        a.modify::<(), StoreError>("n", |n| Ok(Change::Write(n.unwrap() + 1, ())))
+            .await
+            .unwrap();
+        assert_eq!(
+            a.get("n").await.unwrap().unwrap().value,
+            2,
+            "no lost update"
+        );
+
+        // A decision that writes nothing is made on a fresh read, not the cache.
+        b.modify::<(), StoreError>("n", |n| Ok(Change::Write(n.unwrap() + 1, ())))
+            .await
+            .unwrap();
+        let seen = a
+            .modify::<u32, StoreError>("n", |n| Ok(Change::Keep(*n.unwrap())))
+            .await
+            .unwrap();
+        assert_eq!(seen, 3);
     }
 }

@@ -10,14 +10,12 @@
 //! Dropping the [`TestBroker`] kills the server, so a failing (panicking) test
 //! leaves nothing behind.
 
+use std::future::Future;
 use std::time::Duration;
 
 use crate::broker::NatsServer;
-use std::future::Future;
-
 use crate::bus::{Bus, Connection};
-use crate::error::RegisterError;
-use crate::error::{RequestError, ServiceError};
+use crate::error::{RegisterError, RequestError, ServiceError};
 use crate::module::ModuleHandle;
 
 /// The structured error of a request that was expected to be refused.

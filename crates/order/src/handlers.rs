@@ -28,7 +28,7 @@ pub async fn place_order(
     // already there; a fresh random id cannot, so skip the read.
     if ctx.idempotency_key().is_some() {
         if let Some(existing) = orders.get(id).await? {
-            announce_created(&ctx, &existing.order).await?;
+            announce(&ctx, &existing, OrderStatus::Pending).await?;
             return Ok(existing.order);
         }
     }
@@ -73,18 +73,9 @@ pub async fn place_order(
         other => ServiceError::from(other),
     })?;
 
-    let order = orders.insert(order, ctx.correlation_id()).await?;
-    announce_created(&ctx, &order).await?;
-    Ok(order)
-}
-
-async fn announce_created(ctx: &Context, order: &Order) -> Result<(), ServiceError> {
-    let event = OrderCreated {
-        order: order.clone(),
-    };
-    ctx.publish_fact(&event, &fact(order.id, OrderStatus::Pending))
-        .await?;
-    Ok(())
+    let record = orders.insert(order, ctx.correlation_id()).await?;
+    announce(&ctx, &record, OrderStatus::Pending).await?;
+    Ok(record.order)
 }
 
 /// `order.get`: `404 not_found` for an unknown id.
@@ -176,18 +167,19 @@ async fn advance(
         // A payment outcome for an order cancelled meanwhile is a normal
         // race of the saga, not an error: the payment module refunds (or
         // voids) that payment when it sees the cancellation.
-        Err(TransitionError::Illegal {
-            from: OrderStatus::Cancelled,
-        }) if matches!(to, OrderStatus::Paid | OrderStatus::Failed) => {
+        Err(TransitionError::Illegal(record))
+            if record.order.status == OrderStatus::Cancelled
+                && matches!(to, OrderStatus::Paid | OrderStatus::Failed) =>
+        {
             tracing::debug!(order_id = %id, %to, "payment outcome for a cancelled order");
-            let record = orders.get(id).await?.ok_or_else(|| not_found(id))?;
             return Ok(record.order);
         }
-        Err(TransitionError::Illegal { from }) => {
+        Err(TransitionError::Illegal(record)) => {
+            let from = record.order.status;
             return Err(ServiceError::conflict(
                 "invalid_transition",
                 format!("order {id} is {from} and cannot become {to}"),
-            ))
+            ));
         }
         Err(TransitionError::Store(err)) => return Err(err.into()),
     };

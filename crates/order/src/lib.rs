@@ -45,7 +45,7 @@ pub async fn register_with(
 ) -> Result<ModuleHandle, RegisterError> {
     let orders = Arc::new(Orders::open(&client, storage).await?);
     let mut module = Module::start(Bus::new(client), SPEC, orders.clone(), storage).await?;
-    let resumed = handlers::recover(&orders, module.context().bus())
+    let resumed = handlers::recover(&orders, module.bus())
         .await
         .map_err(|err| RegisterError::Stream(format!("resuming orders: {err}")))?;
     if resumed > 0 {

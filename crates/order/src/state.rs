@@ -34,7 +34,8 @@ pub enum Transition {
 #[derive(Debug)]
 pub enum TransitionError {
     UnknownOrder,
-    Illegal { from: OrderStatus },
+    /// The order as it is, whose status cannot become the one asked for.
+    Illegal(Box<OrderRecord>),
     Store(StoreError),
 }
 
@@ -82,25 +83,15 @@ impl Orders {
         &self,
         order: Order,
         correlation_id: uuid::Uuid,
-    ) -> Result<Order, StoreError> {
+    ) -> Result<OrderRecord, StoreError> {
         let record = OrderRecord {
             order,
             reason: None,
             correlation_id: Some(correlation_id),
         };
-        match self
-            .table
-            .create(&record.order.id.to_string(), &record)
+        self.table
+            .create_or_get(&record.order.id.to_string(), record)
             .await
-        {
-            Ok(_) => Ok(record.order),
-            Err(StoreError::Exists(_)) => Ok(self
-                .get(record.order.id)
-                .await?
-                .map(|r| r.order)
-                .unwrap_or(record.order)),
-            Err(err) => Err(err),
-        }
     }
 
     /// Whether `user` is known to exist.
@@ -147,7 +138,7 @@ impl Orders {
                     return Ok(Change::Keep(Transition::AlreadyDone(record.clone())));
                 }
                 if !from.can_become(to) {
-                    return Err(TransitionError::Illegal { from });
+                    return Err(TransitionError::Illegal(Box::new(record.clone())));
                 }
                 let mut next = record.clone();
                 next.order.status = to;
@@ -176,7 +167,9 @@ mod tests {
         match t {
             Ok(Transition::Applied(r)) => Ok(("applied", r.order.status)),
             Ok(Transition::AlreadyDone(r)) => Ok(("already", r.order.status)),
-            Err(TransitionError::Illegal { from }) => Err(format!("illegal from {from}")),
+            Err(TransitionError::Illegal(record)) => {
+                Err(format!("illegal from {}", record.order.status))
+            }
             Err(TransitionError::UnknownOrder) => Err("unknown".into()),
             Err(TransitionError::Store(e)) => Err(e.to_string()),
         }

@@ -116,11 +116,8 @@ impl Catalogue {
             on_hand: stock.get(),
             holds: BTreeMap::new(),
         };
-        match self.table.create(&id.to_string(), &record).await {
-            Ok(_) => Ok(record.view()),
-            Err(StoreError::Exists(_)) => Ok(self.get(id).await?.unwrap_or(record.view())),
-            Err(err) => Err(err),
-        }
+        let stored = self.table.create_or_get(&id.to_string(), record).await?;
+        Ok(stored.view())
     }
 
     pub async fn get(&self, id: ProductId) -> Result<Option<Product>, StoreError> {

@@ -18,12 +18,9 @@ impl Users {
     /// Stores a new user; if `id` exists already (a retried request), the
     /// stored user is returned instead.
     pub async fn insert(&self, id: UserId, name: Name) -> Result<User, StoreError> {
-        let user = User { id, name };
-        match self.table.create(&id.to_string(), &user).await {
-            Ok(_) => Ok(user),
-            Err(StoreError::Exists(_)) => Ok(self.get(id).await?.unwrap_or(user)),
-            Err(err) => Err(err),
-        }
+        self.table
+            .create_or_get(&id.to_string(), User { id, name })
+            .await
     }
 
     pub async fn get(&self, id: UserId) -> Result<Option<User>, StoreError> {

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -18,6 +18,7 @@ use messaging_core::contract::{
 use messaging_core::Connection;
 use nix::sys::signal::Signal;
 use rand::{Rng, SeedableRng};
+use tokio::sync::watch;
 
 use crate::binary::{assert_gone, broker_pid, start_until, Running};
 use crate::durability::terminal_statuses;
@@ -94,7 +95,9 @@ async fn killing_the_system_at_random_moments_loses_no_order_and_doubles_no_effe
         .await
         .unwrap();
 
-    let accepted: Arc<Mutex<HashMap<String, OrderId>>> = Arc::default();
+    // Every accepted order, by key; the killer waits on it for progress.
+    let (accepted, mut progress) = watch::channel(HashMap::<String, OrderId>::new());
+    let accepted = Arc::new(accepted);
     let driver = {
         let (bus, accepted) = (bus.clone(), accepted.clone());
         let request = PlaceOrder {
@@ -111,7 +114,9 @@ async fn killing_the_system_at_random_moments_loses_no_order_and_doubles_no_effe
                         let id =
                             place_until_answered(&bus, &request, &key, Duration::from_secs(180))
                                 .await;
-                        accepted.lock().unwrap().insert(key, id);
+                        accepted.send_modify(|all| {
+                            all.insert(key, id);
+                        });
                     }
                 })
                 .await;
@@ -123,18 +128,18 @@ async fn killing_the_system_at_random_moments_loses_no_order_and_doubles_no_effe
         // Kill mid-load: once the restarted system has taken a random number
         // of new orders (the client reconnected and orders flow again), plus
         // a random moment within the next few milliseconds.
-        let before = accepted.lock().unwrap().len();
+        let before = progress.borrow().len();
         let target = (before + rng.gen_range(1..per_run)).min(orders - 1);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while accepted.lock().unwrap().len() < target {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no progress after restart"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            progress.wait_for(|all| all.len() >= target),
+        )
+        .await
+        .expect("no progress after restart")
+        .unwrap();
+        // The random moment itself: part of the experiment, not a wait.
         tokio::time::sleep(Duration::from_millis(rng.gen_range(0..30))).await;
-        let placed = accepted.lock().unwrap().len();
+        let placed = progress.borrow().len();
         println!("kill {}: SIGKILL after {placed} accepted orders", kill + 1);
         let broker = broker_pid(&system.seen);
         system.signal(Signal::SIGKILL);
@@ -156,7 +161,7 @@ async fn killing_the_system_at_random_moments_loses_no_order_and_doubles_no_effe
         .await
         .unwrap()
         .unwrap();
-    let accepted = accepted.lock().unwrap().clone();
+    let accepted = progress.borrow().clone();
     assert_eq!(accepted.len(), orders);
     let ids: Vec<OrderId> = accepted.values().copied().collect();
     let statuses = terminal_statuses(&bus, &ids, Duration::from_secs(120)).await;

@@ -127,17 +127,9 @@ async fn pending_orders_and_unprocessed_events_resume_after_a_restart() {
 }
 
 async fn register_all(bus: &Bus, storage: Storage) -> Vec<ModuleHandle> {
-    let client = bus.client().clone();
-    vec![
-        user::register_with(client.clone(), storage).await.unwrap(),
-        product::register_with(client.clone(), storage)
-            .await
-            .unwrap(),
-        order::register_with(client.clone(), storage).await.unwrap(),
-        payment::register_with(client, instant_payments(), storage)
-            .await
-            .unwrap(),
-    ]
+    demo::app::register_modules(bus.client(), instant_payments(), storage)
+        .await
+        .unwrap()
 }
 
 /// Waits until every order is in a terminal state; returns the statuses.

@@ -8,7 +8,7 @@ use messaging_core::contract::{
     Quantity, User,
 };
 use messaging_core::testing::{spawn_broker, TestBroker};
-use messaging_core::{shutdown_all, Bus, ModuleHandle, RequestError};
+use messaging_core::{shutdown_all, Bus, ModuleHandle, RequestError, Storage};
 use payment::PaymentConfig;
 
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -22,15 +22,17 @@ pub struct System {
 /// `payment` is given (without it, the test plays the payment module).
 pub async fn spawn_system(payment: Option<PaymentConfig>) -> System {
     let broker = spawn_broker().await;
-    let client = broker.bus().client().clone();
-    let mut modules = vec![
-        user::register(client.clone()).await.unwrap(),
-        product::register(client.clone()).await.unwrap(),
-        order::register(client.clone()).await.unwrap(),
-    ];
-    if let Some(config) = payment {
-        modules.push(payment::register(client, config).await.unwrap());
-    }
+    let client = broker.bus().client();
+    let modules = match payment {
+        Some(config) => demo::app::register_modules(client, config, Storage::Durable)
+            .await
+            .unwrap(),
+        None => vec![
+            user::register(client.clone()).await.unwrap(),
+            product::register(client.clone()).await.unwrap(),
+            order::register(client.clone()).await.unwrap(),
+        ],
+    };
     System { broker, modules }
 }
 
