@@ -25,6 +25,17 @@ impl fmt::Display for Totals {
     }
 }
 
+impl std::ops::Add for Totals {
+    type Output = Totals;
+    fn add(self, other: Totals) -> Totals {
+        Totals {
+            passed: self.passed + other.passed,
+            failed: self.failed + other.failed,
+            ignored: self.ignored + other.ignored,
+        }
+    }
+}
+
 impl Totals {
     /// Adds one `test result: ok. 3 passed; 0 failed; 1 ignored; ...` line.
     pub fn add_line(&mut self, line: &str) {

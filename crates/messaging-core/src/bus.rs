@@ -106,7 +106,23 @@ impl Bus {
         request: &R,
         idempotency_key: &str,
     ) -> Result<R::Reply, RequestError> {
-        self.send(request, None, Some(idempotency_key)).await
+        let key = idempotency_key.trim();
+        // Checked here, not left to async-nats, which panics on a header
+        // value with CR or LF.
+        if key.is_empty()
+            || key.len() > crate::idempotency::MAX_KEY_LEN
+            || key.contains(char::is_control)
+        {
+            return Err(RequestError::InvalidKey {
+                subject: R::SUBJECT,
+                reason: format!(
+                    "an {} is 1 to {} bytes without control characters",
+                    crate::idempotency::IDEMPOTENCY_KEY,
+                    crate::idempotency::MAX_KEY_LEN
+                ),
+            });
+        }
+        self.send(request, None, Some(key)).await
     }
 
     async fn send<R: Rpc>(

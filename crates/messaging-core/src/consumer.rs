@@ -101,12 +101,10 @@ pub(crate) async fn open(
 }
 
 /// Pulls events until the module stops, handling them concurrently.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn consume<E, S, F, Fut>(
     shared: Arc<Shared<S>>,
     durable: String,
     mut messages: pull::Stream,
-    advisories: async_nats::Subscriber,
     stats: Arc<HandlerStats>,
     max_in_flight: usize,
     handler: Arc<F>,
@@ -118,12 +116,6 @@ pub(crate) async fn consume<E, S, F, Fut>(
     Fut: Future<Output = Result<(), ServiceError>> + Send + 'static,
 {
     let subject = E::SUBJECT;
-    shared.tracker.spawn(record_max_deliveries(
-        shared.clone(),
-        subject,
-        advisories,
-        stats.clone(),
-    ));
     // The handlers in flight run as futures of this one task, not as tasks
     // of their own: concurrent all the same (one slow handler never holds up
     // the others), without a task, a cross-thread wake-up and a reschedule
@@ -149,8 +141,18 @@ pub(crate) async fn consume<E, S, F, Fut>(
         let in_flight = stats.enter();
         let (shared, handler, durable, stats) = (&shared, &handler, &durable, &stats);
         running.push(async move {
-            let ending =
-                deliver::<E, S, F, Fut>(message, shared, handler, durable, options, stats).await;
+            let delivery =
+                deliver::<E, S, F, Fut>(message, shared, handler, durable, options, stats);
+            // The handler's own panics are caught inside; this catches the
+            // rest (decoding, acking), so one event never takes the intake
+            // down: unacknowledged, it comes again after its ack wait.
+            let ending = AssertUnwindSafe(delivery)
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    tracing::error!(subject, "event delivery panicked; it will come again");
+                    Ending::Failed
+                });
             in_flight.finish(ending);
         });
     }
@@ -311,7 +313,7 @@ pub(crate) async fn watch_max_deliveries(
 /// ran out). Failures we saw are recorded by `deliver` itself, with their
 /// reason; this only fills the gaps. The consumer filters on `subject`, so
 /// every event it gives up on is one of those.
-async fn record_max_deliveries<S>(
+pub(crate) async fn record_max_deliveries<S>(
     shared: Arc<Shared<S>>,
     subject: &'static str,
     mut advisories: async_nats::Subscriber,

@@ -16,12 +16,9 @@ use crate::bus::CORRELATION_ID;
 use crate::context::Context;
 use crate::contract::Rpc;
 use crate::error::ServiceError;
-use crate::idempotency::{Claim, IDEMPOTENCY_KEY};
+use crate::idempotency::{Claim, IDEMPOTENCY_KEY, MAX_KEY_LEN};
 use crate::module::Shared;
 use crate::stats::{Ending, HandlerStats};
-
-/// Longest accepted `Idempotency-Key`.
-const MAX_KEY_LEN: usize = 256;
 
 /// Reads requests from `endpoint` until the module stops, handling them
 /// concurrently.
@@ -81,7 +78,9 @@ pub(crate) async fn serve<R, S, F, Fut>(
     tracing::debug!(subject, "endpoint stopped");
 }
 
-/// Decodes one request, runs the handler and replies.
+/// Decodes one request, runs the handler and replies; whatever panics on
+/// the way (our code, a library's), the requester still gets a `500` and the
+/// endpoint keeps serving.
 async fn answer<R, S, F, Fut>(
     request: async_nats::service::Request,
     shared: &Shared<S>,
@@ -92,18 +91,45 @@ where
     F: Fn(Arc<S>, Context, R) -> Fut,
     Fut: Future<Output = Result<R::Reply, ServiceError>>,
 {
+    let attempt = AssertUnwindSafe(try_answer::<R, S, F, Fut>(&request, shared, handler))
+        .catch_unwind()
+        .await;
+    match attempt {
+        Ok(ending) => ending,
+        Err(_) => {
+            tracing::error!(subject = R::SUBJECT, "replying panicked; answering 500");
+            let err = ServiceError::internal("the reply could not be produced");
+            // A plain, known-safe reply: nothing left here can panic.
+            let _ = request.respond(Err(err.into())).await;
+            Ending::Failed
+        }
+    }
+}
+
+async fn try_answer<R, S, F, Fut>(
+    request: &async_nats::service::Request,
+    shared: &Shared<S>,
+    handler: &F,
+) -> Ending
+where
+    R: Rpc,
+    F: Fn(Arc<S>, Context, R) -> Fut,
+    Fut: Future<Output = Result<R::Reply, ServiceError>>,
+{
+    // Header names are case-insensitive (as in HTTP; nats-py and others
+    // send what the user typed): an `idempotency-key` must not be ignored.
     let header = |name: &str| {
-        request
-            .message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(name))
+        let headers = request.message.headers.as_ref()?;
+        headers
+            .iter()
+            .find(|(n, _)| AsRef::<str>::as_ref(n).eq_ignore_ascii_case(name))
+            .and_then(|(_, values)| values.first())
             .map(|v| v.as_str().trim().to_owned())
     };
     let correlation_id = header(CORRELATION_ID)
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(Uuid::new_v4);
-    let key = header(IDEMPOTENCY_KEY).filter(|k| !k.is_empty());
+    let key = header(IDEMPOTENCY_KEY);
     let ctx = Context {
         bus: shared.bus.clone(),
         subject: R::SUBJECT,
@@ -154,6 +180,13 @@ where
     let Some(key) = key else {
         return handle(handler, shared, ctx, request).await;
     };
+    // A blank key is a client bug; ignoring it would make its retry a
+    // second order.
+    if key.is_empty() {
+        return Err(ServiceError::bad_request(format!(
+            "{IDEMPOTENCY_KEY} must not be blank"
+        )));
+    }
     if key.len() > MAX_KEY_LEN {
         return Err(ServiceError::bad_request(format!(
             "{IDEMPOTENCY_KEY} is longer than {MAX_KEY_LEN} bytes"

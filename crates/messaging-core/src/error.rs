@@ -29,11 +29,13 @@ pub struct ServiceError {
 }
 
 impl ServiceError {
+    /// A structured error. The message is made [header-safe](header_safe):
+    /// it often quotes the caller's input, and it travels as a header.
     pub fn new(status: u16, code: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             status,
-            code: code.into(),
-            message: message.into(),
+            code: header_safe(&code.into()),
+            message: header_safe(&message.into()),
         }
     }
 
@@ -62,9 +64,10 @@ impl ServiceError {
         Self::new(503, "unavailable", message)
     }
 
-    /// The `Nats-Service-Error` header value: `code: message`.
+    /// The `Nats-Service-Error` header value: `code: message`, header-safe
+    /// even when the fields were set directly.
     pub fn description(&self) -> String {
-        format!("{}: {}", self.code, self.message)
+        header_safe(&format!("{}: {}", self.code, self.message))
     }
 
     /// Rebuilds the error from the headers of a reply, if they carry one.
@@ -89,6 +92,39 @@ impl ServiceError {
             message,
         })
     }
+}
+
+/// Longest text an error puts in a header, in bytes (the description of a
+/// `400` quotes the caller's input, which may be megabytes long).
+pub const MAX_HEADER_TEXT: usize = 512;
+
+/// `text` made fit for a NATS header value: control characters (CR and LF
+/// above all, which async-nats refuses with a panic, but also NUL, tabs,
+/// escapes and the C1 range) are written as escapes, and the text is cut at
+/// [`MAX_HEADER_TEXT`] bytes on a character boundary, marked with `…`.
+///
+/// Escaping rather than dropping keeps the message truthful: the caller sees
+/// that their input had a newline, not a silently different value.
+pub fn header_safe(text: &str) -> String {
+    let clean = |c: char| !c.is_control();
+    if text.len() <= MAX_HEADER_TEXT && text.chars().all(clean) {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len().min(MAX_HEADER_TEXT + 8));
+    for c in text.chars() {
+        let before = out.len();
+        if clean(c) {
+            out.push(c);
+        } else {
+            out.extend(c.escape_default());
+        }
+        if out.len() > MAX_HEADER_TEXT {
+            out.truncate(before);
+            out.push('…');
+            break;
+        }
+    }
+    out
 }
 
 fn is_machine_code(code: &str) -> bool {
@@ -140,6 +176,13 @@ pub enum RequestError {
     Encode {
         subject: &'static str,
         source: serde_json::Error,
+    },
+    /// The `Idempotency-Key` cannot be sent (blank, too long, or with
+    /// control characters); nothing was sent.
+    #[error("request to {subject} not sent: {reason}")]
+    InvalidKey {
+        subject: &'static str,
+        reason: String,
     },
     /// The connection failed while sending.
     #[error("request to {subject} failed: {source}")]
@@ -264,6 +307,31 @@ mod tests {
             wire.code.to_string().as_str(),
         );
         assert_eq!(ServiceError::from_headers(&headers), Some(err));
+    }
+
+    #[test]
+    fn header_text_has_no_control_characters_and_a_bound() {
+        assert_eq!(header_safe("plain: text"), "plain: text");
+        let err = ServiceError::bad_request("invalid id \"\n\r\0\u{1b}\u{85}\"");
+        assert_eq!(err.message, r#"invalid id "\n\r\u{0}\u{1b}\u{85}""#);
+        // Set directly, the fields are still made safe on the way out.
+        let direct = ServiceError {
+            status: 400,
+            code: "bad_request".into(),
+            message: "a\nb".into(),
+        };
+        let wire: async_nats::service::error::Error = direct.into();
+        assert_eq!(wire.status, r"bad_request: a\nb");
+        let long = header_safe(&"é".repeat(10_000));
+        assert!(
+            long.len() <= MAX_HEADER_TEXT + '…'.len_utf8(),
+            "{}",
+            long.len()
+        );
+        assert!(long.ends_with('…') && long.starts_with("éé"));
+        // Usable as a header value: async-nats would panic otherwise.
+        let mut headers = HeaderMap::new();
+        headers.insert("X", header_safe("x\r\ny").as_str());
     }
 
     #[test]

@@ -19,7 +19,10 @@ use uuid::Uuid;
 use crate::error::ServiceError;
 use crate::store::{Change, Storage, StoreError, Table};
 
-/// The request header carrying the key.
+/// Longest accepted `Idempotency-Key`, in bytes.
+pub const MAX_KEY_LEN: usize = 256;
+
+/// The request header carrying the key (matched case-insensitively).
 pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 
 /// How long a key is remembered.

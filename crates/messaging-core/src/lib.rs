@@ -29,6 +29,7 @@ mod idempotency;
 mod module;
 mod stats;
 pub mod store;
+mod supervisor;
 pub mod testing;
 
 pub use bus::{
@@ -37,7 +38,8 @@ pub use bus::{
 pub use consumer::ConsumerOptions;
 pub use context::Context;
 pub use error::{
-    ConnectError, DrainError, PublishError, RegisterError, RequestError, ServiceError,
+    header_safe, ConnectError, DrainError, PublishError, RegisterError, RequestError, ServiceError,
+    MAX_HEADER_TEXT,
 };
 pub use events::{
     ensure_stream, Delivered, EventMeta, EventStream, WatchError, DUPLICATE_WINDOW, EVENTS_STREAM,

@@ -52,6 +52,7 @@ use crate::events::ensure_stream;
 use crate::idempotency::IdempotencyKeys;
 use crate::stats::{HandlerSnapshot, HandlerStats};
 use crate::store::Storage;
+use crate::supervisor::supervise;
 
 /// How many handlers of one endpoint or event handler may run at once.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 512;
@@ -90,7 +91,7 @@ pub(crate) struct Shared<S> {
 pub struct Module<S> {
     spec: ModuleSpec,
     shared: Arc<Shared<S>>,
-    service: Service,
+    service: Arc<Service>,
     handlers: Vec<(&'static str, Arc<HandlerStats>)>,
     max_in_flight: usize,
     consumer: ConsumerOptions,
@@ -129,7 +130,7 @@ impl<S: Send + Sync + 'static> Module<S> {
         Ok(Self {
             spec,
             shared: Arc::new(shared),
-            service,
+            service: Arc::new(service),
             handlers: Vec::new(),
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             consumer: ConsumerOptions::default(),
@@ -173,13 +174,38 @@ impl<S: Send + Sync + 'static> Module<S> {
             .await
             .map_err(|source| RegisterError::Endpoint { subject, source })?;
         let stats = self.track(subject);
-        self.shared.tracker.spawn(endpoint::serve::<R, S, F, Fut>(
-            self.shared.clone(),
-            endpoint,
-            stats,
-            self.max_in_flight,
-            Arc::new(handler),
-        ));
+        let (shared, service) = (self.shared.clone(), self.service.clone());
+        let (handler, max_in_flight) = (Arc::new(handler), self.max_in_flight);
+        let mut first = Some(endpoint);
+        self.shared.tracker.spawn(async move {
+            let cancel = shared.cancel.clone();
+            supervise(subject, cancel, &stats.clone(), || {
+                let (shared, service, stats, handler) = (
+                    shared.clone(),
+                    service.clone(),
+                    stats.clone(),
+                    handler.clone(),
+                );
+                let first = first.take();
+                async move {
+                    // The first run uses the endpoint made at registration
+                    // (so that its errors reach the caller); a restart
+                    // subscribes again.
+                    let endpoint = match first {
+                        Some(endpoint) => endpoint,
+                        None => service.endpoint(subject).await?,
+                    };
+                    Ok::<_, async_nats::Error>(endpoint::serve::<R, S, F, Fut>(
+                        shared,
+                        endpoint,
+                        stats,
+                        max_in_flight,
+                        handler,
+                    ))
+                }
+            })
+            .await;
+        });
         Ok(())
     }
 
@@ -203,16 +229,47 @@ impl<S: Send + Sync + 'static> Module<S> {
         )
         .await?;
         let stats = self.track(subject);
-        self.shared.tracker.spawn(consumer::consume::<E, S, F, Fut>(
+        self.shared.tracker.spawn(consumer::record_max_deliveries(
             self.shared.clone(),
-            durable,
-            messages,
+            subject,
             advisories,
-            stats,
-            self.max_in_flight,
-            Arc::new(handler),
-            self.consumer,
+            stats.clone(),
         ));
+        let shared = self.shared.clone();
+        let (handler, max_in_flight, options) =
+            (Arc::new(handler), self.max_in_flight, self.consumer);
+        let mut first = Some(messages);
+        self.shared.tracker.spawn(async move {
+            let cancel = shared.cancel.clone();
+            supervise(subject, cancel, &stats.clone(), || {
+                let (shared, stats, handler, durable) = (
+                    shared.clone(),
+                    stats.clone(),
+                    handler.clone(),
+                    durable.clone(),
+                );
+                let first = first.take();
+                async move {
+                    let messages = match first {
+                        Some(messages) => messages,
+                        None => {
+                            let jetstream = shared.bus.jetstream();
+                            consumer::open(jetstream, &durable, subject, options).await?
+                        }
+                    };
+                    Ok::<_, RegisterError>(consumer::consume::<E, S, F, Fut>(
+                        shared,
+                        durable,
+                        messages,
+                        stats,
+                        max_in_flight,
+                        handler,
+                        options,
+                    ))
+                }
+            })
+            .await;
+        });
         Ok(())
     }
 
@@ -240,7 +297,7 @@ impl<S: Send + Sync + 'static> Module<S> {
 pub struct ModuleHandle {
     name: &'static str,
     bus: Bus,
-    service: Option<Service>,
+    service: Option<Arc<Service>>,
     tracker: TaskTracker,
     cancel: CancellationToken,
     handlers: Vec<(&'static str, Arc<HandlerStats>)>,
@@ -329,7 +386,8 @@ impl ModuleHandle {
         self.stop_intake();
         self.tracker.close();
         self.tracker.wait().await;
-        if let Some(service) = self.service.take() {
+        // The intake tasks are over, so this is the last reference.
+        if let Some(Ok(service)) = self.service.take().map(Arc::try_unwrap) {
             // Only stops the discovery responder now: endpoints are already gone.
             let _ = service.stop().await;
         }

@@ -14,6 +14,7 @@ pub(crate) struct HandlerStats {
     failed: AtomicU64,
     retried: AtomicU64,
     dead_lettered: AtomicU64,
+    restarts: AtomicU64,
     /// Woken after every change, for [`crate::ModuleHandle::wait_until`].
     pub(crate) changed: Notify,
     /// How many are waiting: waking nobody costs a lock per message otherwise.
@@ -36,6 +37,9 @@ pub struct HandlerSnapshot {
     pub retried: u64,
     /// Events given up on and recorded as dead letters.
     pub dead_lettered: u64,
+    /// Times the intake task of this handler died and was started again
+    /// (zero in a healthy module).
+    pub restarts: u64,
 }
 
 impl HandlerStats {
@@ -55,11 +59,17 @@ impl HandlerStats {
             failed: self.failed.load(Ordering::SeqCst),
             retried: self.retried.load(Ordering::SeqCst),
             dead_lettered: self.dead_lettered.load(Ordering::SeqCst),
+            restarts: self.restarts.load(Ordering::SeqCst),
         }
     }
 
     pub(crate) fn dead_lettered(&self) {
         self.dead_lettered.fetch_add(1, Ordering::SeqCst);
+        self.notify();
+    }
+
+    pub(crate) fn restarted(&self) {
+        self.restarts.fetch_add(1, Ordering::SeqCst);
         self.notify();
     }
 

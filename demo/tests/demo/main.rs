@@ -6,5 +6,6 @@ mod binary;
 mod crash;
 mod durability;
 mod flow;
+mod hostile;
 mod saga;
 mod support;

@@ -1,0 +1,113 @@
+//! Keeping a module's intake tasks alive.
+//!
+//! Every request and event is handled behind `catch_unwind`, so a panic in a
+//! handler (or in the reply path) costs one `500` or one redelivery, never
+//! the subject. This is the net under that net: if an intake task itself
+//! dies, it is started again, the restart is logged at ERROR and counted in
+//! the handler's [`crate::HandlerSnapshot::restarts`], so a module never
+//! looks healthy (`$SRV.PING` answers) while one of its subjects is deaf.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use futures::FutureExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::stats::HandlerStats;
+
+/// Pause before starting a task again after it died, or after a failed
+/// attempt to set it up again: a task that dies at once is not a busy loop.
+const RESTART_DELAY: Duration = Duration::from_millis(200);
+
+/// Runs the task that `start` sets up until it ends normally or `cancel`
+/// fires; a task that panics is set up and run again.
+///
+/// `start` is called once per run: it (re)creates what the task reads from
+/// (an endpoint subscription, a consumer) and may fail, in which case it is
+/// tried again after a pause.
+pub(crate) async fn supervise<Start, Setup, Task, E>(
+    subject: &'static str,
+    cancel: CancellationToken,
+    stats: &HandlerStats,
+    mut start: Start,
+) where
+    Start: FnMut() -> Setup,
+    Setup: Future<Output = Result<Task, E>>,
+    Task: Future<Output = ()>,
+    E: std::fmt::Display,
+{
+    loop {
+        let task = match start().await {
+            Ok(task) => task,
+            Err(err) => {
+                tracing::error!(subject, %err, "intake could not be set up again; retrying");
+                if pause(&cancel).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        if AssertUnwindSafe(task).catch_unwind().await.is_ok() {
+            return;
+        }
+        stats.restarted();
+        tracing::error!(subject, "intake task died; restarting it");
+        if pause(&cancel).await {
+            return;
+        }
+    }
+}
+
+/// Waits [`RESTART_DELAY`]; `true` if the module stops meanwhile.
+async fn pause(cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        () = cancel.cancelled() => true,
+        () = tokio::time::sleep(RESTART_DELAY) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_task_that_dies_is_restarted_and_counted() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let stats = HandlerStats::default();
+        let counter = runs.clone();
+        supervise("probe", CancellationToken::new(), &stats, move || {
+            let run = counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                Ok::<_, String>(async move {
+                    if run < 2 {
+                        panic!("intake bug");
+                    }
+                })
+            }
+        })
+        .await;
+        assert_eq!(runs.load(Ordering::SeqCst), 3);
+        assert_eq!(stats.snapshot("probe").restarts, 2);
+    }
+
+    #[tokio::test]
+    async fn failed_setups_are_retried_until_cancelled() {
+        let cancel = CancellationToken::new();
+        let stats = HandlerStats::default();
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let (counter, stop) = (attempts.clone(), cancel.clone());
+        supervise("probe", cancel, &stats, move || {
+            if counter.fetch_add(1, Ordering::SeqCst) == 1 {
+                stop.cancel();
+            }
+            async { Err::<std::future::Ready<()>, _>("no endpoint") }
+        })
+        .await;
+        assert_eq!(attempts.load(Ordering::SeqCst), 2);
+        assert_eq!(stats.snapshot("probe").restarts, 0);
+    }
+}

@@ -1,0 +1,275 @@
+//! Hostile input from outside: what an attacker (or a buggy client) sends
+//! must cost at most a clear error, never an endpoint or the connection.
+
+use std::sync::atomic::Ordering;
+
+use messaging_core::contract::{OrderStatus, PlaceOrder};
+use messaging_core::ServiceError;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use crate::support::{instant_payments, q, spawn_system, WAIT};
+
+/// Every subject that takes an id, with a payload whose id is `bad`.
+fn id_payloads(bad: &str) -> Vec<(&'static str, String)> {
+    let id = uuid::Uuid::new_v4();
+    let bad = serde_json::to_string(bad).unwrap();
+    vec![
+        ("user.get", format!(r#"{{"id":{bad}}}"#)),
+        ("product.get", format!(r#"{{"id":{bad}}}"#)),
+        (
+            "product.reserve",
+            format!(r#"{{"order_id":{bad},"product_id":"{id}","quantity":1}}"#),
+        ),
+        (
+            "order.create",
+            format!(r#"{{"user_id":{bad},"product_id":"{id}","quantity":1}}"#),
+        ),
+        ("order.get", format!(r#"{{"id":{bad}}}"#)),
+        ("order.cancel", format!(r#"{{"id":{bad}}}"#)),
+    ]
+}
+
+fn assert_header_safe(err: &ServiceError) {
+    assert_eq!(err.status, 400, "{err}");
+    assert!(
+        !err.message.contains(char::is_control),
+        "control character in {err:?}"
+    );
+    assert!(
+        err.message.len() <= messaging_core::MAX_HEADER_TEXT + 3,
+        "{}",
+        err.message.len()
+    );
+}
+
+#[tokio::test]
+async fn control_characters_and_huge_ids_get_a_400_and_every_endpoint_keeps_serving() {
+    let system = spawn_system(Some(instant_payments())).await;
+    let huge = "x".repeat(200_000);
+    for bad in [
+        "\n",
+        "\r\n",
+        "a\u{0}b",
+        "\u{1b}[31m",
+        "\u{202e}",
+        huge.as_str(),
+    ] {
+        for (subject, payload) in id_payloads(bad) {
+            let err = system
+                .broker
+                .request_raw(subject, &payload)
+                .await
+                .unwrap_err();
+            assert_header_safe(&err);
+            if bad == "\n" {
+                // Escaped, not dropped: the caller sees what was wrong.
+                assert!(err.message.contains(r"\n"), "{subject}: {}", err.message);
+            }
+        }
+    }
+    // Every endpoint still serves: the whole saga goes through.
+    let user = system.user().await;
+    let product = system.product(5).await;
+    let order = system.place(&user, &product, 2).await.unwrap();
+    let order_module = system.module("order");
+    order_module
+        .wait_until("events.product.stock.updated", WAIT, |s| s.completed >= 1)
+        .await
+        .expect("the order is fulfilled");
+    assert_eq!(
+        system.get_order(order.id).await.status,
+        OrderStatus::Fulfilled
+    );
+    assert_eq!(system.get_product(&product).await.stock, 3);
+    for module in &system.modules {
+        for stats in module.all_stats() {
+            assert_eq!(stats.restarts, 0, "{stats:?}");
+        }
+    }
+    system.shutdown().await;
+}
+
+#[tokio::test]
+async fn idempotency_keys_match_in_any_case_and_a_blank_one_is_refused() {
+    let system = spawn_system(Some(instant_payments())).await;
+    let user = system.user().await;
+    let product = system.product(10).await;
+    let request = PlaceOrder {
+        user_id: user.id,
+        product_id: product.id,
+        quantity: q(1),
+    };
+    let payload = serde_json::to_vec(&request).unwrap();
+    let send = |name: &'static str, key: &'static str| {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(name, key);
+        let client = system.bus().client().clone();
+        let payload = payload.clone();
+        async move {
+            let reply = client
+                .request_with_headers("order.create", headers, payload.into())
+                .await
+                .unwrap();
+            match reply.headers.as_ref().and_then(ServiceError::from_headers) {
+                Some(err) => Err(err),
+                None => Ok(serde_json::from_slice::<serde_json::Value>(&reply.payload).unwrap()),
+            }
+        }
+    };
+    let first = send("idempotency-key", "k-1").await.unwrap();
+    let again = send("IDEMPOTENCY-KEY", "k-1").await.unwrap();
+    let canonical = send("Idempotency-Key", "k-1").await.unwrap();
+    assert_eq!(first["id"], again["id"]);
+    assert_eq!(first["id"], canonical["id"]);
+    let blank = send("Idempotency-Key", "   ").await.unwrap_err();
+    assert_eq!((blank.status, blank.code.as_str()), (400, "bad_request"));
+    // One order placed, not three: exactly one unit held.
+    assert_eq!(system.get_product(&product).await.available, 9);
+    // A key the client library cannot send is an error, not a panic.
+    let err = system
+        .bus()
+        .request_with_key(&request, "a\r\nb")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, messaging_core::RequestError::InvalidKey { .. }),
+        "{err}"
+    );
+    system.shutdown().await;
+}
+
+/// A raw NATS protocol client: what an attacker has, no library in the way.
+struct RawClient {
+    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl RawClient {
+    async fn connect(url: &str) -> Self {
+        let address = url.trim_start_matches("nats://");
+        let (read, writer) = TcpStream::connect(address).await.unwrap().into_split();
+        let mut client = RawClient {
+            reader: BufReader::new(read),
+            writer,
+        };
+        let info = client.line().await;
+        assert!(info.starts_with("INFO"), "{info}");
+        client
+            .send(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"no_responders\":true,\"protocol\":1}\r\n")
+            .await;
+        client
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).await.unwrap();
+    }
+
+    /// `HPUB` with `header` as the raw header block.
+    async fn hpub(&mut self, subject: &str, reply: &str, header: &[u8], payload: &[u8]) {
+        let line = format!(
+            "HPUB {subject} {reply} {} {}\r\n",
+            header.len(),
+            header.len() + payload.len()
+        );
+        let mut frame = line.into_bytes();
+        frame.extend_from_slice(header);
+        frame.extend_from_slice(payload);
+        frame.extend_from_slice(b"\r\n");
+        self.send(&frame).await;
+    }
+
+    async fn line(&mut self) -> String {
+        let mut line = String::new();
+        tokio::time::timeout(WAIT, self.reader.read_line(&mut line))
+            .await
+            .expect("a line from the server in time")
+            .unwrap();
+        line
+    }
+
+    /// Reads until a message arrives on `sid`, answering pings; returns its
+    /// protocol line.
+    async fn message(&mut self, sid: &str) -> String {
+        loop {
+            let line = self.line().await;
+            if line.starts_with("PING") {
+                self.send(b"PONG\r\n").await;
+            } else if (line.starts_with("MSG ") || line.starts_with("HMSG "))
+                && line.split_whitespace().nth(2) == Some(sid)
+            {
+                return line;
+            }
+        }
+    }
+}
+
+/// Header blocks async-nats 0.51 cannot parse (it used to drop the whole
+/// connection on each, then reconnect).
+const MALFORMED: [&[u8]; 5] = [
+    b"GARBAGE\r\n\r\n",
+    b"NATS/1.0\r\nno colon here\r\n\r\n",
+    b"NATS/1.0 abc\r\n\r\n",
+    "NATS/1.0\r\nNäme: x\r\n\r\n".as_bytes(),
+    b"NATS/1.0\r\nX: \xff\xfe\r\n\r\n",
+];
+
+#[tokio::test]
+async fn malformed_headers_never_cost_the_connection() {
+    let system = spawn_system(Some(instant_payments())).await;
+    let stats = system.bus().client().statistics();
+    let connects = stats.connects.load(Ordering::SeqCst);
+    let mut raw = RawClient::connect(system.broker.url()).await;
+    raw.send(b"SUB _INBOX.raw.> 1\r\n").await;
+
+    // Requests: each one is still answered (the headers are dropped, the
+    // payload is read), and the module's connection stays up.
+    for (n, header) in MALFORMED.iter().enumerate() {
+        let reply = format!("_INBOX.raw.{n}");
+        raw.hpub("user.get", &reply, header, b"{\"id\":\"x\"}")
+            .await;
+        let answer = raw.message("1").await;
+        assert!(answer.contains(&reply), "{answer}");
+    }
+    // Events: stored in the stream, delivered to the payment module, which
+    // dead-letters each one once (the payload is no order).
+    for header in MALFORMED {
+        raw.hpub(
+            "events.order.created",
+            "_INBOX.raw.ack",
+            header,
+            b"{\"junk\":1}",
+        )
+        .await;
+    }
+    let payment = system.module("payment");
+    let seen = payment
+        .wait_until("events.order.created", WAIT, |s| {
+            s.dead_lettered >= MALFORMED.len() as u64
+        })
+        .await
+        .expect("every malformed event dead-lettered");
+    assert_eq!(seen.dead_lettered, MALFORMED.len() as u64);
+
+    // Still one connection, never re-established, and the saga works.
+    assert_eq!(stats.connects.load(Ordering::SeqCst), connects);
+    let user = system.user().await;
+    let product = system.product(5).await;
+    let order = system.place(&user, &product, 1).await.unwrap();
+    system
+        .module("order")
+        .wait_until("events.product.stock.updated", WAIT, |s| s.completed >= 1)
+        .await
+        .expect("the order is fulfilled");
+    assert_eq!(
+        system.get_order(order.id).await.status,
+        OrderStatus::Fulfilled
+    );
+    // No redelivery loop: still exactly one dead letter per malformed event.
+    assert_eq!(
+        payment.stats("events.order.created").unwrap().dead_lettered,
+        MALFORMED.len() as u64
+    );
+    assert_eq!(stats.connects.load(Ordering::SeqCst), connects);
+    system.shutdown().await;
+}
