@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use messaging_core::broker::{BrokerConfig, NatsServer};
+use broker::{BrokerConfig, NatsServer};
 use messaging_core::{shutdown_all, Bus, Connection, ModuleHandle, RegisterError, Storage};
 use payment::PaymentConfig;
 

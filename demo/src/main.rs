@@ -6,10 +6,10 @@
 
 use std::process::ExitCode;
 
+use broker::{BrokerConfig, SyncMode};
 use clap::Parser;
 use demo::app::{App, Broker};
 use demo::cli::{Cli, Command, DeadLetterCommand, Sync};
-use messaging_core::broker::{BrokerConfig, SyncMode};
 use messaging_core::dead_letter::DeadLetters;
 use messaging_core::Storage;
 use payment::PaymentConfig;

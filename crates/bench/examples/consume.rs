@@ -28,7 +28,7 @@ async fn main() -> anyhow::Result<()> {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(100_000);
-    let server = messaging_core::broker::NatsServer::start().await?;
+    let server = broker::NatsServer::start().await?;
     let conn = messaging_core::Connection::connect(server.url(), "prof").await?;
     let bus = conn.bus().clone();
     messaging_core::ensure_stream(bus.jetstream()).await?;

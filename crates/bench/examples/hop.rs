@@ -32,7 +32,7 @@ async fn on_ping(_: Arc<()>, ctx: Context, p: Ping) -> Result<(), ServiceError> 
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let server = messaging_core::broker::NatsServer::start().await?;
+    let server = broker::NatsServer::start().await?;
     let conn = messaging_core::Connection::connect(server.url(), "hop").await?;
     let bus = conn.bus().clone();
     let mut m = Module::start(

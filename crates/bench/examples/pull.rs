@@ -6,7 +6,7 @@ use futures::StreamExt;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let server = messaging_core::broker::NatsServer::start().await?;
+    let server = broker::NatsServer::start().await?;
     let client = async_nats::connect(server.url()).await?;
     let js = async_nats::jetstream::new(client.clone());
     messaging_core::ensure_stream(&js).await?;

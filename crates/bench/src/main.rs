@@ -14,8 +14,8 @@ mod saga;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use broker::NatsServer;
 use clap::Parser;
-use messaging_core::broker::NatsServer;
 use messaging_core::Connection;
 
 use crate::report::Report;

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use broker::{BrokerConfig, NatsServer};
 use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
-use messaging_core::broker::{BrokerConfig, NatsServer};
 use messaging_core::contract::{
     CreateProduct, CreateUser, Name, OrderFulfilled, OrderId, PlaceOrder, Product, Quantity, User,
 };

@@ -10,13 +10,10 @@
 //!   compare-and-set;
 //! * [`dead_letter`]: events given up on, listed and retried by an operator;
 //! * [`Connection`]: a connection whose drain can be awaited to its real end;
-//! * [`broker`]: the child `nats-server` process used by the demo and the tests;
-//! * [`testing`]: a real broker per test.
 //!
 //! Module crates depend on this crate only, never on each other: they meet on
 //! the bus, through the contract.
 
-pub mod broker;
 mod bus;
 mod consumer;
 mod context;
@@ -30,7 +27,6 @@ mod module;
 mod stats;
 pub mod store;
 mod supervisor;
-pub mod testing;
 
 pub use bus::{
     Bus, Connection, Published, WatchSetupError, CORRELATION_ID, DEFAULT_REQUEST_TIMEOUT,

@@ -9,8 +9,8 @@ use messaging_core::contract::{
     OrderStatus, Product, ProductCreated, ProductId, Quantity, ReserveStock, StockChange,
     StockUpdated, UserId,
 };
-use messaging_core::testing::{expect_refusal, spawn_module, TestModule};
 use messaging_core::EventMeta;
+use testkit::{expect_refusal, spawn_module, TestModule};
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(10);

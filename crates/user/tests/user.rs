@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use messaging_core::contract::{CreateUser, GetUser, Name, UserCreated, UserId};
-use messaging_core::testing::{expect_refusal, spawn_module, TestModule};
+use testkit::{expect_refusal, spawn_module, TestModule};
 
 const WAIT: Duration = Duration::from_secs(10);
 

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use messaging_core::broker::NatsServer;
+use broker::NatsServer;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -232,7 +232,7 @@ async fn bad_flags_and_unreachable_servers_are_one_clear_error() {
 
 #[tokio::test]
 async fn a_server_without_jetstream_is_one_clear_error() {
-    let server = NatsServer::start_with(messaging_core::broker::BrokerConfig {
+    let server = NatsServer::start_with(broker::BrokerConfig {
         jetstream: false,
         ..Default::default()
     })
@@ -255,7 +255,7 @@ async fn dead_letters_can_be_listed_and_retried_from_the_command_line() {
     let dir = data.path().to_str().unwrap().to_owned();
 
     // A system on that store receives a malformed event and gives up on it.
-    let server = NatsServer::start_with(messaging_core::broker::BrokerConfig {
+    let server = NatsServer::start_with(broker::BrokerConfig {
         store_dir: Some(data.path().to_owned()),
         ..Default::default()
     })

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use messaging_core::broker::{BrokerConfig, NatsServer};
+use broker::{BrokerConfig, NatsServer};
 use messaging_core::contract::{
     subjects, GetOrder, OrderFulfilled, OrderId, OrderStatus, PlaceOrder, Product,
 };

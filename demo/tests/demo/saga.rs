@@ -10,11 +10,11 @@ use messaging_core::contract::{
     subjects, CancelOrder, Order, OrderCancelled, OrderFailed, OrderFulfilled, OrderId, OrderPaid,
     OrderStatus, Payment, PaymentId, PaymentSucceeded, StockChange, StockUpdated,
 };
-use messaging_core::testing::expect_refusal;
 use messaging_core::{EventMeta, Published};
 use payment::PaymentConfig;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use testkit::expect_refusal;
 use uuid::Uuid;
 
 use crate::support::{instant_payments, spawn_system, WAIT};

@@ -7,9 +7,9 @@ use messaging_core::contract::{
     CreateProduct, CreateUser, GetOrder, GetProduct, Name, Order, OrderId, PlaceOrder, Product,
     Quantity, User,
 };
-use messaging_core::testing::{spawn_broker, TestBroker};
 use messaging_core::{shutdown_all, Bus, ModuleHandle, RequestError, Storage};
 use payment::PaymentConfig;
+use testkit::{spawn_broker, TestBroker};
 
 pub const WAIT: Duration = Duration::from_secs(30);
 

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use messaging_core::contract::{Event, Rpc};
 use messaging_core::dead_letter::{DeadLetterKind, DeadLetters};
-use messaging_core::testing::{spawn_broker, TestBroker};
 use messaging_core::{
     ConsumerOptions, Context, EventMeta, Module, ModuleHandle, ModuleSpec, ServiceError, Storage,
     IDEMPOTENCY_KEY,
 };
 use serde::{Deserialize, Serialize};
+use testkit::{spawn_broker, TestBroker};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use messaging_core::contract::{Event, Rpc};
-use messaging_core::testing::{expect_refusal, spawn_broker};
 use messaging_core::{Bus, Context, Module, ModuleSpec, RequestError, ServiceError, Storage};
 use serde::{Deserialize, Serialize};
+use testkit::{expect_refusal, spawn_broker};
 use tokio::sync::{mpsc, Barrier, Semaphore};
 
 const WAIT: Duration = Duration::from_secs(10);

@@ -8,7 +8,7 @@ use messaging_core::contract::{
     OrderStatus, Payment, PaymentFailed, PaymentId, PaymentSucceeded, Product, ProductId, Rpc,
     StockChange, StockUpdated,
 };
-use messaging_core::testing::expect_refusal;
+use testkit::expect_refusal;
 use uuid::Uuid;
 
 use crate::support::{flow, spawn_app, App, QUIET, WAIT};

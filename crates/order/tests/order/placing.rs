@@ -6,8 +6,8 @@ use messaging_core::contract::{
     GetOrder, GetUser, Order, OrderCreated, OrderId, OrderStatus, PlaceOrder, ProductId, Rpc,
     UserId,
 };
-use messaging_core::testing::expect_refusal;
 use messaging_core::DEFAULT_REQUEST_TIMEOUT;
+use testkit::expect_refusal;
 
 use crate::support::{flow, q, spawn_app, spawn_app_with, Serving, QUIET, WAIT};
 

@@ -10,10 +10,10 @@ use messaging_core::contract::{
     CancelOrder, GetOrder, GetUser, Name, Order, OrderId, PlaceOrder, ProductId, Quantity,
     Reservation, ReserveStock, User, UserId,
 };
-use messaging_core::testing::{spawn_broker, TestBroker};
 use messaging_core::{
     Bus, Context, Module, ModuleHandle, ModuleSpec, RequestError, ServiceError, Storage,
 };
+use testkit::{spawn_broker, TestBroker};
 use uuid::Uuid;
 
 /// How long any awaited event or reply may take.

@@ -12,9 +12,9 @@ use messaging_core::contract::{
     Event, Order, OrderCreated, OrderId, OrderStatus, PaymentFailed, PaymentSucceeded, ProductId,
     Quantity, UserId,
 };
-use messaging_core::testing::{spawn_broker, TestBroker};
 use messaging_core::{Bus, EventStream, ModuleHandle};
 use payment::PaymentConfig;
+use testkit::{spawn_broker, TestBroker};
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(10);

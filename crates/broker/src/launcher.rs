@@ -29,38 +29,10 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 
-/// Environment variable naming the `nats-server` binary to use.
-pub const BINARY_ENV: &str = "NATS_SERVER_BIN";
-
-/// Oldest server accepted: async-nats 0.51 (feature `server_2_14`) targets 2.14+.
-pub const MIN_VERSION: Version = Version(2, 14, 0);
-
-/// The server version `cargo xtask setup` installs.
-pub const PINNED_VERSION: &str = "2.15.1";
+use crate::version::{Version, BINARY_ENV, MIN_VERSION, PINNED_VERSION};
 
 /// How many of the server's last output lines are kept for error messages.
 const STDERR_TAIL: usize = 40;
-
-/// A `major.minor.patch` server version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Version(pub u32, pub u32, pub u32);
-
-impl std::fmt::Display for Version {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}.{}", self.0, self.1, self.2)
-    }
-}
-
-impl Version {
-    /// Parses `nats-server --version` output such as `nats-server: v2.15.1`.
-    pub fn parse_output(output: &str) -> Option<Version> {
-        output.split_whitespace().find_map(|word| {
-            let core = word.strip_prefix('v')?.split(['-', '+']).next()?;
-            let mut parts = core.split('.').map(|p| p.parse::<u32>().ok());
-            Some(Version(parts.next()??, parts.next()??, parts.next()??))
-        })
-    }
-}
 
 /// Why the broker could not be found or started.
 #[derive(Debug, thiserror::Error)]
@@ -452,28 +424,4 @@ fn read_ports_file(dir: &Path) -> Option<String> {
     let text = std::fs::read_to_string(entry.path()).ok()?;
     let ports: Ports = serde_json::from_str(&text).ok()?;
     ports.nats.into_iter().next()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_server_versions() {
-        assert_eq!(
-            Version::parse_output("nats-server: v2.15.1\n"),
-            Some(Version(2, 15, 1))
-        );
-        assert_eq!(
-            Version::parse_output("nats-server: v2.14.0-beta.2"),
-            Some(Version(2, 14, 0))
-        );
-        assert_eq!(Version::parse_output("garbage"), None);
-        assert_eq!(
-            Version::parse_output("verbose build, nats-server: v2.14.2"),
-            Some(Version(2, 14, 2))
-        );
-        assert!(Version(2, 12, 8) < MIN_VERSION);
-        assert!(Version(2, 15, 1) >= MIN_VERSION);
-    }
 }

@@ -3,7 +3,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use messaging_core::broker::{BrokerConfig, BrokerError, NatsServer, Version};
+use broker::{BrokerConfig, BrokerError, NatsServer, Version};
 
 fn alive(pid: u32) -> bool {
     // After a reap the /proc entry is gone; a zombie would still be there.

@@ -1,7 +1,8 @@
-//! Test support: a real broker per test, with a connected [`Bus`].
+//! The test kit: a real broker per test, with a connected [`Bus`], and a
+//! module registered on it (`spawn_module`, the `spawn_app()` of module tests).
 //!
 //! ```ignore
-//! let app = messaging_core::testing::spawn_broker().await;
+//! let app = testkit::spawn_broker().await;
 //! let handle = user::register(app.bus().client().clone()).await?;
 //! let user = app.bus().request(&CreateUser { .. }).await?;
 //! ```
@@ -13,10 +14,8 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::broker::NatsServer;
-use crate::bus::{Bus, Connection};
-use crate::error::{RegisterError, RequestError, ServiceError};
-use crate::module::ModuleHandle;
+use broker::NatsServer;
+use messaging_core::{Bus, Connection, ModuleHandle, RegisterError, RequestError, ServiceError};
 
 /// The structured error of a request that was expected to be refused.
 ///
