@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use broker::{BrokerConfig, NatsServer};
-use messaging_core::{shutdown_all, Bus, Connection, ModuleHandle, RegisterError, Storage};
+use messaging_core::{
+    shutdown_all, Bus, Connection, ModuleHandle, ModuleOptions, RegisterError, Storage,
+};
 use payment::PaymentConfig;
 
 /// How long the connection may take to drain at shutdown.
@@ -30,7 +32,7 @@ pub enum Broker {
     Existing(String),
 }
 
-/// The four modules, connected and serving.
+/// The modules, connected and serving.
 pub struct App {
     server: Option<NatsServer>,
     url: String,
@@ -39,7 +41,7 @@ pub struct App {
 }
 
 impl App {
-    /// Starts (or joins) the broker and registers the four modules, their
+    /// Starts (or joins) the broker and registers every module, their
     /// state kept as `storage` says.
     pub async fn start(
         broker: Broker,
@@ -98,17 +100,20 @@ impl App {
     }
 }
 
-/// Registers the four modules on `client`, their state kept as `storage` says.
+/// Registers every module on `client`, their state kept as `storage` says:
+/// the one place a new module is added.
 pub async fn register_modules(
     client: &async_nats::Client,
     payment: PaymentConfig,
     storage: Storage,
 ) -> Result<Vec<ModuleHandle>, RegisterError> {
+    let options = ModuleOptions::with_storage(storage);
     Ok(vec![
-        user::register_with(client.clone(), storage).await?,
-        product::register_with(client.clone(), storage).await?,
-        order::register_with(client.clone(), storage).await?,
-        payment::register_with(client.clone(), payment, storage).await?,
+        user::register_with(client.clone(), options).await?,
+        product::register_with(client.clone(), options).await?,
+        order::register_with(client.clone(), options).await?,
+        payment::register_with(client.clone(), payment, options).await?,
+        shipping::register_with(client.clone(), options).await?,
     ])
 }
 

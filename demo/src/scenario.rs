@@ -10,10 +10,11 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use messaging_core::contract::{
-    CreateProduct, CreateUser, Name, Order, OrderFailed, OrderFulfilled, OrderId, PaymentFailed,
-    PaymentSucceeded, PlaceOrder, Product, Quantity, StockChange, StockUpdated, User,
-};
+use contract::order::{Order, OrderFailed, OrderFulfilled, OrderId, PlaceOrder};
+use contract::payment::{PaymentFailed, PaymentSucceeded};
+use contract::product::{CreateProduct, Product, StockChange, StockUpdated};
+use contract::user::{CreateUser, User};
+use contract::values::{Name, Quantity};
 use messaging_core::{Bus, EventStream};
 
 /// Slack on top of the payment delay for any awaited event.

@@ -9,6 +9,7 @@ mod bench;
 mod cargo;
 mod ci;
 mod demo;
+mod docs;
 mod nats;
 mod tests;
 

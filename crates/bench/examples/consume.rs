@@ -1,11 +1,11 @@
 //! Our durable consumer alone, for profiling: N events pre-published, then
 //! handled by a module.
+use messaging_core::Event;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use messaging_core::contract::Event;
-use messaging_core::{Context, Module, ModuleSpec, ServiceError, Storage};
+use messaging_core::{Context, Declaration, EventError, Listener, Module, ModuleOptions, Storage};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -17,7 +17,7 @@ impl Event for Tick {
     const SUBJECT: &'static str = "events.prof.tick";
 }
 
-async fn count(c: Arc<AtomicU64>, _: Context, _: Tick) -> Result<(), ServiceError> {
+async fn count(c: Arc<AtomicU64>, _: Context, _: Tick) -> Result<(), EventError> {
     c.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
@@ -45,19 +45,24 @@ async fn main() -> anyhow::Result<()> {
         a.await?;
     }
     let counter = Arc::new(AtomicU64::new(0));
-    let mut m = Module::start(
-        bus.clone(),
-        ModuleSpec {
-            name: "prof",
-            version: "0.1.0",
-            description: "",
-        },
-        counter,
-        Storage::Memory,
-    )
-    .await?;
+    const PROF: Declaration = Declaration {
+        name: "prof",
+        description: "",
+        serves: &[],
+        requests: &[],
+        publishes: &[],
+        listens: &[Listener {
+            handler: "count",
+            subject: Tick::SUBJECT,
+        }],
+    };
+    let options = ModuleOptions::with_storage(Storage::Memory);
+    let mut m = Module::setup(bus.client().clone(), &PROF, "0.1.0", options)
+        .await?
+        .start(counter)
+        .await?;
     let t0 = Instant::now();
-    m.on_event(count).await?;
+    m.on_event("count", count).await?;
     let m = m.running();
     m.handled(Tick::SUBJECT, total, Duration::from_secs(600))
         .await

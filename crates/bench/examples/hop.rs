@@ -1,9 +1,9 @@
 //! Latency of one event hop: publish -> module handler -> publish -> watcher.
+use messaging_core::Event;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use messaging_core::contract::Event;
-use messaging_core::{Context, Module, ModuleSpec, ServiceError, Storage};
+use messaging_core::{Context, Declaration, EventError, Listener, Module, ModuleOptions, Storage};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -22,9 +22,10 @@ impl Event for Pong {
 }
 
 static START: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
-async fn on_ping(_: Arc<()>, ctx: Context, p: Ping) -> Result<(), ServiceError> {
+async fn on_ping(_: Arc<()>, ctx: Context, p: Ping) -> Result<(), EventError> {
     let t = START.lock().unwrap().unwrap().elapsed();
-    ctx.publish(&Pong { n: p.n }).await?;
+    ctx.publish_fact(&Pong { n: p.n }, &format!("pong/{}", p.n))
+        .await?;
     let t2 = START.lock().unwrap().unwrap().elapsed();
     println!("  handler start {t:?}, after publish {t2:?}");
     Ok(())
@@ -35,18 +36,23 @@ async fn main() -> anyhow::Result<()> {
     let server = broker::NatsServer::start().await?;
     let conn = messaging_core::Connection::connect(server.url(), "hop").await?;
     let bus = conn.bus().clone();
-    let mut m = Module::start(
-        bus.clone(),
-        ModuleSpec {
-            name: "hop",
-            version: "0.1.0",
-            description: "",
-        },
-        Arc::new(()),
-        Storage::Memory,
-    )
-    .await?;
-    m.on_event(on_ping).await?;
+    const HOP: Declaration = Declaration {
+        name: "hop",
+        description: "",
+        serves: &[],
+        requests: &[],
+        publishes: &[Pong::SUBJECT],
+        listens: &[Listener {
+            handler: "pong",
+            subject: Ping::SUBJECT,
+        }],
+    };
+    let options = ModuleOptions::with_storage(Storage::Memory);
+    let mut m = Module::setup(bus.client().clone(), &HOP, "0.1.0", options)
+        .await?
+        .start(Arc::new(()))
+        .await?;
+    m.on_event("pong", on_ping).await?;
     let m = m.running();
     let mut pongs = bus.watch::<Pong>().await?;
     let mut pings_seen = bus.watch::<Ping>().await?;

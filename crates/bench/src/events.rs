@@ -2,6 +2,7 @@
 //! a raw pull consumer with explicit acks against a module's durable event
 //! handler. Same broker, interleaved rounds.
 
+use messaging_core::Event;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,8 +10,10 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
-use messaging_core::contract::Event;
-use messaging_core::{Bus, Context, Module, ModuleSpec, ServiceError, Storage, EVENTS_STREAM};
+
+use messaging_core::{
+    Bus, Context, Declaration, EventError, Listener, Module, ModuleOptions, Storage, EVENTS_STREAM,
+};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -98,7 +101,7 @@ struct Counter {
     seen: AtomicU64,
 }
 
-async fn count(counter: Arc<Counter>, _: Context, _: Tick) -> Result<(), ServiceError> {
+async fn count(counter: Arc<Counter>, _: Context, _: Tick) -> Result<(), EventError> {
     counter.seen.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
@@ -110,18 +113,26 @@ async fn consume(bus: &Bus, ours: bool, round: usize, total: usize) -> anyhow::R
         // A fresh module name gives a fresh durable consumer that starts at
         // the beginning of the (purged) subject.
         let name: &'static str = Box::leak(format!("bench-ours-{round}").into_boxed_str());
-        let spec = ModuleSpec {
+        let declaration: &'static Declaration = Box::leak(Box::new(Declaration {
             name,
-            version: "0.1.0",
             description: "bench consumer",
-        };
+            serves: &[],
+            requests: &[],
+            publishes: &[],
+            listens: &[Listener {
+                handler: "count",
+                subject: Tick::SUBJECT,
+            }],
+        }));
         let counter = Arc::new(Counter {
             seen: AtomicU64::new(0),
         });
-        let mut module = Module::start(bus.clone(), spec, counter, Storage::Memory).await?;
+        let options = ModuleOptions::with_storage(Storage::Memory);
+        let setup = Module::setup(bus.client().clone(), declaration, "0.1.0", options).await?;
+        let mut module = setup.start(counter).await?;
         // Timed from the consumer's creation, like the raw side.
         let started = Instant::now();
-        module.on_event(count).await?;
+        module.on_event("count", count).await?;
         let module = module.running();
         module
             .handled(Tick::SUBJECT, total as u64, Duration::from_secs(300))

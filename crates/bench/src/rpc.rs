@@ -2,14 +2,17 @@
 //! against our typed path (`Bus::request` -> `Module::serve`), same broker,
 //! interleaved rounds.
 
+use messaging_core::Rpc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::service::ServiceExt;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
-use messaging_core::contract::Rpc;
-use messaging_core::{Bus, Context, Module, ModuleHandle, ModuleSpec, ServiceError, Storage};
+
+use messaging_core::{
+    Bus, Context, Declaration, Endpoint, Module, ModuleHandle, ModuleOptions, ServiceError, Storage,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::report::{histogram, Report};
@@ -60,12 +63,20 @@ pub async fn start_servers(
             let _ = request.respond(reply).await;
         }
     });
-    let spec = ModuleSpec {
+    const ECHO_MODULE: Declaration = Declaration {
         name: "ours-echo",
-        version: "0.1.0",
         description: "bench echo",
+        serves: &[Endpoint {
+            subject: Echo::SUBJECT,
+            public: true,
+        }],
+        requests: &[],
+        publishes: &[],
+        listens: &[],
     };
-    let mut module = Module::start(bus.clone(), spec, Arc::new(()), Storage::Memory).await?;
+    let options = ModuleOptions::with_storage(Storage::Memory);
+    let setup = Module::setup(bus.client().clone(), &ECHO_MODULE, "0.1.0", options).await?;
+    let mut module = setup.start(Arc::new(())).await?;
     module.serve(echo).await?;
     Ok((raw, module.running()))
 }

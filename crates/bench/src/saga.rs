@@ -8,11 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use broker::{BrokerConfig, NatsServer};
+use contract::order::{OrderFulfilled, OrderId, PlaceOrder};
+use contract::product::{CreateProduct, Product};
+use contract::user::{CreateUser, User};
+use contract::values::{Name, Quantity};
 use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
-use messaging_core::contract::{
-    CreateProduct, CreateUser, Name, OrderFulfilled, OrderId, PlaceOrder, Product, Quantity, User,
-};
 use messaging_core::{shutdown_all, Bus, Connection, ModuleHandle, Storage};
 use payment::PaymentConfig;
 use tokio::sync::oneshot;

@@ -10,9 +10,10 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::contract::{Event, Rpc};
+use crate::declaration::Declaration;
 use crate::error::{ConnectError, DrainError, PublishError, RequestError, ServiceError};
 use crate::events::{EventMeta, EventStream, Outgoing};
+use crate::message::{Event, Rpc};
 
 /// Header carrying the id that ties together every message of one flow.
 pub const CORRELATION_ID: &str = "Correlation-Id";
@@ -33,6 +34,8 @@ struct BusInner {
     client: Client,
     jetstream: jetstream::Context,
     request_timeout: Duration,
+    /// A module's bus sends only what its declaration says it sends.
+    declaration: Option<&'static Declaration>,
 }
 
 /// What the event stream said about a publish.
@@ -52,6 +55,7 @@ impl Bus {
                 jetstream: jetstream::new(client.clone()),
                 client,
                 request_timeout: DEFAULT_REQUEST_TIMEOUT,
+                declaration: None,
             }),
         }
     }
@@ -73,6 +77,21 @@ impl Bus {
                 client: self.inner.client.clone(),
                 jetstream: self.inner.jetstream.clone(),
                 request_timeout: timeout,
+                declaration: self.inner.declaration,
+            }),
+        }
+    }
+
+    /// The same bus, held to `declaration`: a request or an event it does
+    /// not declare is refused before anything is sent. Every module's
+    /// handlers use such a bus.
+    pub fn bound_to(self, declaration: &'static Declaration) -> Self {
+        Self {
+            inner: std::sync::Arc::new(BusInner {
+                client: self.inner.client.clone(),
+                jetstream: self.inner.jetstream.clone(),
+                request_timeout: self.inner.request_timeout,
+                declaration: Some(declaration),
             }),
         }
     }
@@ -132,6 +151,12 @@ impl Bus {
         idempotency_key: Option<&str>,
     ) -> Result<R::Reply, RequestError> {
         let subject = R::SUBJECT;
+        if let Some(module) = self.inner.declaration {
+            if !module.requests(subject) {
+                let module = module.name;
+                return Err(RequestError::Undeclared { subject, module });
+            }
+        }
         let payload = serde_json::to_vec(request)
             .map_err(|source| RequestError::Encode { subject, source })?;
         let mut outgoing = async_nats::Request::new()
@@ -197,6 +222,12 @@ impl Bus {
         meta: EventMeta,
     ) -> Result<Published, PublishError> {
         let subject = E::SUBJECT;
+        if let Some(module) = self.inner.declaration {
+            if !module.publishes(subject) {
+                let module = module.name;
+                return Err(PublishError::Undeclared { subject, module });
+            }
+        }
         let payload = serde_json::to_vec(&Outgoing { meta, event })
             .map_err(|source| PublishError::Encode { subject, source })?;
         let mut headers = HeaderMap::new();

@@ -1,14 +1,15 @@
 //! Reacting to one event subject through a durable JetStream consumer.
 //!
-//! * One durable consumer per module and handler (`<module>_<subject>`), so
-//!   every instance of a module shares it: each event goes to one of them.
+//! * One durable consumer per module and handler (`<module>_<handler>`), so
+//!   every instance of a module shares it (each event goes to one of them),
+//!   and two handlers of one event each get every event.
 //! * Acknowledged only after the handler returned `Ok`, i.e. after its effect
 //!   is stored; while a slow handler runs, "in progress" acks keep the event
 //!   from being redelivered under it.
-//! * A transient failure (a 5xx: a peer or the store unavailable) is handed
-//!   back with a growing delay (`nak` with backoff). An undecodable event or a
-//!   permanent refusal (a 4xx) is terminated at once and recorded as a
-//!   poisoned dead letter. An event whose last allowed delivery fails is
+//! * A handler says what a failure is ([`EventError`]): a transient one (a
+//!   peer or the store unavailable) is handed back with a growing delay
+//!   (`nak` with backoff); an undecodable event or a permanent failure is
+//!   terminated at once and recorded as a poisoned dead letter. An event whose last allowed delivery fails is
 //!   recorded as a max-deliveries dead letter; one whose last delivery went
 //!   unanswered (a crash) is recorded from the server's advisory.
 
@@ -23,12 +24,12 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 
 use crate::context::Context;
-use crate::contract::Event;
 use crate::dead_letter::{
     max_deliveries_subject, DeadLetter, DeadLetterKind, MaxDeliveriesAdvisory,
 };
-use crate::error::{RegisterError, ServiceError};
+use crate::error::{EventError, RegisterError};
 use crate::events::{Delivered, EVENTS_STREAM};
+use crate::message::Event;
 use crate::module::Shared;
 use crate::stats::{Ending, HandlerStats};
 
@@ -62,11 +63,6 @@ impl ConsumerOptions {
         let doublings = delivered.clamp(1, 20) as u32 - 1;
         (self.first_backoff * 2u32.saturating_pow(doublings)).min(self.max_backoff)
     }
-}
-
-/// The consumer's durable name: `<module>_<subject with _ for .>`.
-pub(crate) fn durable_name(module: &str, subject: &str) -> String {
-    format!("{module}_{}", subject.replace(['.', '*', '>'], "_"))
 }
 
 /// Creates (or updates) the durable consumer and returns its message stream.
@@ -113,7 +109,7 @@ pub(crate) async fn consume<E, S, F, Fut>(
     E: Event,
     S: Send + Sync + 'static,
     F: Fn(Arc<S>, Context, E) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), ServiceError>> + Send + 'static,
+    Fut: Future<Output = Result<(), EventError>> + Send + 'static,
 {
     let subject = E::SUBJECT;
     // The handlers in flight run as futures of this one task, not as tasks
@@ -177,7 +173,7 @@ async fn deliver<E, S, F, Fut>(
 where
     E: Event,
     F: Fn(Arc<S>, Context, E) -> Fut,
-    Fut: Future<Output = Result<(), ServiceError>>,
+    Fut: Future<Output = Result<(), EventError>>,
 {
     let subject = E::SUBJECT;
     let (sequence, delivered) = match message.info() {
@@ -211,7 +207,8 @@ where
     let work = AssertUnwindSafe(handler(shared.state.clone(), ctx, delivered_event.event))
         .catch_unwind()
         .map(|outcome| {
-            outcome.unwrap_or_else(|_| Err(ServiceError::internal("event handler panicked")))
+            // A bug: a fix and a redelivery may cure it.
+            outcome.unwrap_or_else(|_| Err(EventError::transient("event handler panicked")))
         });
     let outcome = with_progress(&message, options.ack_wait, work).await;
 
@@ -226,19 +223,19 @@ where
         }
         // The last allowed delivery failed: give up now, with the reason,
         // rather than wait for the server's advisory (which says no why).
-        Err(err) if err.status >= 500 && delivered >= options.max_deliver => {
-            let dead = letter(DeadLetterKind::MaxDeliveries, err.to_string());
+        Err(EventError::Transient(reason)) if delivered >= options.max_deliver => {
+            let dead = letter(DeadLetterKind::MaxDeliveries, reason);
             terminate(&message, shared, stats, dead).await;
             Ending::Failed
         }
-        Err(err) if err.status >= 500 => {
+        Err(EventError::Transient(reason)) => {
             let delay = options.backoff(delivered);
-            tracing::debug!(subject, %event_id, delivered, ?delay, %err, "event handler failed; will retry");
+            tracing::debug!(subject, %event_id, delivered, ?delay, %reason, "event handler failed; will retry");
             let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
             Ending::Retried
         }
-        Err(err) => {
-            let dead = letter(DeadLetterKind::Poisoned, err.to_string());
+        Err(EventError::Permanent(reason)) => {
+            let dead = letter(DeadLetterKind::Poisoned, reason);
             terminate(&message, shared, stats, dead).await;
             Ending::Failed
         }

@@ -4,9 +4,9 @@
 use uuid::Uuid;
 
 use crate::bus::{Bus, Published};
-use crate::contract::{Event, Rpc};
 use crate::error::{PublishError, RequestError};
 use crate::events::EventMeta;
+use crate::message::{Event, Rpc};
 
 /// Namespace of the deterministic (v5) ids derived by [`Context`].
 const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6d0b_6f1e_5a84_4c59_9a3e_1f7e_c0de_5eed);
@@ -80,11 +80,6 @@ impl Context {
     /// Asks another module, within this flow.
     pub async fn request<R: Rpc>(&self, request: &R) -> Result<R::Reply, RequestError> {
         self.bus.request_in_flow(request, self.correlation_id).await
-    }
-
-    /// Publishes an event with a fresh id, within this flow.
-    pub async fn publish<E: Event>(&self, event: &E) -> Result<EventMeta, PublishError> {
-        self.bus.publish(event, self.correlation_id).await
     }
 
     /// Publishes the event of a fact identified by `fact` (such as

@@ -14,9 +14,9 @@ use uuid::Uuid;
 
 use crate::bus::CORRELATION_ID;
 use crate::context::Context;
-use crate::contract::Rpc;
 use crate::error::ServiceError;
 use crate::idempotency::{Claim, IDEMPOTENCY_KEY, MAX_KEY_LEN};
+use crate::message::Rpc;
 use crate::module::Shared;
 use crate::stats::{Ending, HandlerStats};
 

@@ -177,6 +177,12 @@ pub enum RequestError {
         subject: &'static str,
         source: serde_json::Error,
     },
+    /// The module's declaration does not say it makes this request.
+    #[error("module {module} does not declare that it requests {subject}")]
+    Undeclared {
+        subject: &'static str,
+        module: &'static str,
+    },
     /// The `Idempotency-Key` cannot be sent (blank, too long, or with
     /// control characters); nothing was sent.
     #[error("request to {subject} not sent: {reason}")]
@@ -232,6 +238,12 @@ impl From<RequestError> for ServiceError {
 /// Why an event could not be published.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
+    /// The module's declaration does not say it publishes this event.
+    #[error("module {module} does not declare that it publishes {subject}")]
+    Undeclared {
+        subject: &'static str,
+        module: &'static str,
+    },
     #[error("event for {subject} could not be encoded: {source}")]
     Encode {
         subject: &'static str,
@@ -278,6 +290,70 @@ pub enum RegisterError {
     Store(#[from] crate::store::StoreError),
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The module tried to serve or listen outside its declaration.
+    #[error("module {module} does not declare that it may {what}")]
+    Undeclared { module: &'static str, what: String },
+}
+
+/// Why an event handler did not handle an event, and so what becomes of
+/// the event: said by the handler, in the type, not read from a status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    /// Worth another try (a peer or the store is unavailable): the event is
+    /// redelivered with a growing delay, and dead-lettered when its
+    /// deliveries run out.
+    #[error("transient: {0}")]
+    Transient(String),
+    /// No retry can help (the event contradicts the state, or is
+    /// nonsense): the event is dead-lettered at once.
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+impl EventError {
+    pub fn transient(reason: impl Into<String>) -> Self {
+        Self::Transient(reason.into())
+    }
+
+    pub fn permanent(reason: impl Into<String>) -> Self {
+        Self::Permanent(reason.into())
+    }
+}
+
+impl From<ServiceError> for EventError {
+    /// For code shared with request handlers, which speaks in replies: a
+    /// `5xx` (something unavailable, or a bug that a fix and a redelivery
+    /// may cure) is transient; any other refusal is permanent.
+    fn from(err: ServiceError) -> Self {
+        if err.status >= 500 {
+            Self::Transient(err.to_string())
+        } else {
+            Self::Permanent(err.to_string())
+        }
+    }
+}
+
+impl From<PublishError> for EventError {
+    fn from(err: PublishError) -> Self {
+        match err {
+            PublishError::Stream { .. } => Self::Transient(err.to_string()),
+            PublishError::Encode { .. } | PublishError::Undeclared { .. } => {
+                Self::Permanent(err.to_string())
+            }
+        }
+    }
+}
+
+impl From<RequestError> for EventError {
+    fn from(err: RequestError) -> Self {
+        ServiceError::from(err).into()
+    }
+}
+
+impl From<crate::store::StoreError> for EventError {
+    fn from(err: crate::store::StoreError) -> Self {
+        ServiceError::from(err).into()
+    }
 }
 
 /// Why draining the connection did not complete.

@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::contract::Event;
 use crate::error::RegisterError;
+use crate::message::Event;
 
 /// The JetStream stream that stores every domain event (`events.>`).
 pub const EVENTS_STREAM: &str = "EVENTS";

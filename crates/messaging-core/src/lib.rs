@@ -1,6 +1,9 @@
 //! What every module needs to live on the bus, written once.
 //!
-//! * [`contract`]: every subject and payload of the system, in one file;
+//! * [`Rpc`], [`Event`], [`ErrorCode`]: what it knows of a message (the
+//!   business contract implements them; this crate names no business);
+//! * [`Declaration`]: what a module does on the bus, as data; the framework
+//!   holds each module to its own;
 //! * [`Bus`]: typed request/reply, and events published to the JetStream
 //!   event stream with their acknowledgement;
 //! * [`Module`]: serving a module (endpoints, durable event consumers)
@@ -11,18 +14,19 @@
 //! * [`dead_letter`]: events given up on, listed and retried by an operator;
 //! * [`Connection`]: a connection whose drain can be awaited to its real end;
 //!
-//! Module crates depend on this crate only, never on each other: they meet on
-//! the bus, through the contract.
+//! Module crates depend on this crate and on the `contract` crate, never on
+//! each other: they meet on the bus. This crate depends on neither.
 
 mod bus;
 mod consumer;
 mod context;
-pub mod contract;
 pub mod dead_letter;
+mod declaration;
 mod endpoint;
 mod error;
 mod events;
 mod idempotency;
+mod message;
 mod module;
 mod stats;
 pub mod store;
@@ -33,16 +37,19 @@ pub use bus::{
 };
 pub use consumer::ConsumerOptions;
 pub use context::Context;
+pub use declaration::{Declaration, Endpoint, Listener};
 pub use error::{
-    header_safe, ConnectError, DrainError, PublishError, RegisterError, RequestError, ServiceError,
-    MAX_HEADER_TEXT,
+    header_safe, ConnectError, DrainError, EventError, PublishError, RegisterError, RequestError,
+    ServiceError, MAX_HEADER_TEXT,
 };
 pub use events::{
     ensure_stream, Delivered, EventMeta, EventStream, WatchError, DUPLICATE_WINDOW, EVENTS_STREAM,
 };
 pub use idempotency::{IDEMPOTENCY_KEY, IDEMPOTENCY_WINDOW};
+pub use message::{ErrorCode, Event, Rpc};
 pub use module::{
-    shutdown_all, Module, ModuleHandle, ModuleSpec, DEFAULT_MAX_IN_FLIGHT, PEER_REQUEST_TIMEOUT,
+    shutdown_all, Module, ModuleHandle, ModuleOptions, Setup, DEFAULT_MAX_IN_FLIGHT,
+    PEER_REQUEST_TIMEOUT,
 };
 pub use stats::HandlerSnapshot;
 pub use store::Storage;

@@ -4,11 +4,18 @@
 //! Every module registers the same way:
 //!
 //! ```ignore
-//! let mut module = Module::start(bus, SPEC, state, storage).await?;
-//! module.serve(create_user).await?;          // answers user.create
-//! module.on_event(payment_succeeded).await?; // reacts to events.payment.success
-//! Ok(module.running())                       // -> ModuleHandle
+//! let setup = Module::setup(client, &contract::order::MODULE, VERSION, options).await?;
+//! let orders = Arc::new(Orders::open(&setup).await?);  // state tables, via the setup
+//! let mut module = setup.start(orders).await?;
+//! module.serve(place_order).await?;                    // answers order.create
+//! module.on_event("mark_paid", payment_succeeded).await?; // events.payment.success
+//! Ok(module.running())                                 // -> ModuleHandle
 //! ```
+//!
+//! One way in: the bus, the options (storage, concurrency, consumer policy)
+//! and the [`Declaration`] are given once, to [`Module::setup`]; everything
+//! else is derived from them. Serving, listening, requesting or publishing
+//! outside the declaration is refused.
 //!
 //! A module is a NATS service (the "micro" protocol), so it answers
 //! `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS`. What this file and its helpers
@@ -44,14 +51,15 @@ use tokio_util::task::TaskTracker;
 use crate::bus::Bus;
 use crate::consumer::{self, ConsumerOptions};
 use crate::context::Context;
-use crate::contract::{Event, Rpc};
 use crate::dead_letter::DeadLetters;
+use crate::declaration::Declaration;
 use crate::endpoint;
-use crate::error::{RegisterError, ServiceError};
+use crate::error::{EventError, RegisterError, ServiceError};
 use crate::events::ensure_stream;
 use crate::idempotency::IdempotencyKeys;
+use crate::message::{Event, Rpc};
 use crate::stats::{HandlerSnapshot, HandlerStats};
-use crate::store::Storage;
+use crate::store::{Storage, StoreError, Table};
 use crate::supervisor::supervise;
 
 /// How many handlers of one endpoint or event handler may run at once.
@@ -65,14 +73,109 @@ pub const PEER_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a shutdown waits for buffered messages to reach the broker.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The identity a module announces on `$SRV.INFO`.
+/// How a module runs, for all its handlers alike.
 #[derive(Debug, Clone, Copy)]
-pub struct ModuleSpec {
-    /// Service name (`[A-Za-z0-9_-]+`); also names its event consumers.
-    pub name: &'static str,
-    /// Semantic version.
-    pub version: &'static str,
-    pub description: &'static str,
+pub struct ModuleOptions {
+    /// Where its state (and idempotency keys, dead letters) live.
+    pub storage: Storage,
+    /// How many handlers of one endpoint or event handler may run at once.
+    pub max_in_flight: usize,
+    /// How its event consumers deliver, retry and give up.
+    pub consumer: ConsumerOptions,
+}
+
+impl Default for ModuleOptions {
+    fn default() -> Self {
+        Self {
+            storage: Storage::Durable,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            consumer: ConsumerOptions::default(),
+        }
+    }
+}
+
+impl ModuleOptions {
+    /// The defaults, with state kept as `storage` says.
+    pub fn with_storage(storage: Storage) -> Self {
+        Self {
+            storage,
+            ..Self::default()
+        }
+    }
+}
+
+/// A module about to start: its bus, options and declaration are set; open
+/// its state here ([`Setup::table`]), then [`Setup::start`] it.
+pub struct Setup {
+    declaration: &'static Declaration,
+    version: &'static str,
+    /// Holds the module to its declaration; requests time out after
+    /// [`PEER_REQUEST_TIMEOUT`].
+    bus: Bus,
+    options: ModuleOptions,
+}
+
+impl Setup {
+    /// Opens (creating it if needed) one of the module's state tables.
+    pub async fn table<V>(
+        &self,
+        bucket: &str,
+        max_age: Option<Duration>,
+    ) -> Result<Table<V>, StoreError>
+    where
+        V: serde::Serialize + serde::de::DeserializeOwned + Clone,
+    {
+        Table::open(self.bus.client(), self.options.storage, bucket, max_age).await
+    }
+
+    /// The module's bus, for work before serving (such as a recovery sweep).
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    pub fn options(&self) -> &ModuleOptions {
+        &self.options
+    }
+
+    /// Starts the module's NATS service (discovery answers from now on).
+    pub async fn start<S: Send + Sync + 'static>(
+        self,
+        state: Arc<S>,
+    ) -> Result<Module<S>, RegisterError> {
+        let Setup {
+            declaration,
+            version,
+            bus,
+            options,
+        } = self;
+        let idempotency = IdempotencyKeys::open(bus.client(), options.storage).await?;
+        let dead_letters = DeadLetters::open(bus.client(), options.storage).await?;
+        let service = bus
+            .client()
+            .service_builder()
+            .description(declaration.description)
+            .start(declaration.name, version)
+            .await
+            .map_err(|source| RegisterError::Service {
+                name: declaration.name.to_owned(),
+                source,
+            })?;
+        let shared = Shared {
+            state,
+            bus,
+            tracker: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+            idempotency,
+            dead_letters,
+        };
+        Ok(Module {
+            declaration,
+            shared: Arc::new(shared),
+            service: Arc::new(service),
+            handlers: Vec::new(),
+            options,
+        })
+    }
 }
 
 /// What every task of a module shares.
@@ -89,66 +192,41 @@ pub(crate) struct Shared<S> {
 /// A module being set up: add endpoints and event handlers, then call
 /// [`Module::running`].
 pub struct Module<S> {
-    spec: ModuleSpec,
+    declaration: &'static Declaration,
     shared: Arc<Shared<S>>,
     service: Arc<Service>,
     handlers: Vec<(&'static str, Arc<HandlerStats>)>,
-    max_in_flight: usize,
-    consumer: ConsumerOptions,
+    options: ModuleOptions,
+}
+
+impl Module<()> {
+    /// Sets a module up on `client`: checks its declaration, makes sure the
+    /// event stream exists, and builds the one bus all its handlers share.
+    pub async fn setup(
+        client: async_nats::Client,
+        declaration: &'static Declaration,
+        version: &'static str,
+        options: ModuleOptions,
+    ) -> Result<Setup, RegisterError> {
+        declaration.check().map_err(RegisterError::Config)?;
+        let bus = Bus::new(client)
+            .with_request_timeout(PEER_REQUEST_TIMEOUT)
+            .bound_to(declaration);
+        ensure_stream(bus.jetstream()).await?;
+        let options = ModuleOptions {
+            max_in_flight: options.max_in_flight.max(1),
+            ..options
+        };
+        Ok(Setup {
+            declaration,
+            version,
+            bus,
+            options,
+        })
+    }
 }
 
 impl<S: Send + Sync + 'static> Module<S> {
-    /// Starts the module's NATS service (discovery answers from now on) and
-    /// makes sure the event stream exists.
-    pub async fn start(
-        bus: Bus,
-        spec: ModuleSpec,
-        state: Arc<S>,
-        storage: Storage,
-    ) -> Result<Self, RegisterError> {
-        ensure_stream(bus.jetstream()).await?;
-        let idempotency = IdempotencyKeys::open(bus.client(), storage).await?;
-        let dead_letters = DeadLetters::open(bus.client(), storage).await?;
-        let service = bus
-            .client()
-            .service_builder()
-            .description(spec.description)
-            .start(spec.name, spec.version)
-            .await
-            .map_err(|source| RegisterError::Service {
-                name: spec.name.to_owned(),
-                source,
-            })?;
-        let shared = Shared {
-            state,
-            bus: bus.with_request_timeout(PEER_REQUEST_TIMEOUT),
-            tracker: TaskTracker::new(),
-            cancel: CancellationToken::new(),
-            idempotency,
-            dead_letters,
-        };
-        Ok(Self {
-            spec,
-            shared: Arc::new(shared),
-            service: Arc::new(service),
-            handlers: Vec::new(),
-            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
-            consumer: ConsumerOptions::default(),
-        })
-    }
-
-    /// Bounds the concurrent handlers of each endpoint or event handler added after this call.
-    pub fn max_in_flight(&mut self, limit: usize) -> &mut Self {
-        self.max_in_flight = limit.max(1);
-        self
-    }
-
-    /// Sets how the event handlers added after this call consume.
-    pub fn consumer_options(&mut self, options: ConsumerOptions) -> &mut Self {
-        self.consumer = options;
-        self
-    }
-
     /// The module's state.
     pub fn state(&self) -> &Arc<S> {
         &self.shared.state
@@ -168,6 +246,9 @@ impl<S: Send + Sync + 'static> Module<S> {
         Fut: Future<Output = Result<R::Reply, ServiceError>> + Send + 'static,
     {
         let subject = R::SUBJECT;
+        if !self.declaration.serves(subject) {
+            return Err(self.undeclared(format!("serve {subject}")));
+        }
         let endpoint = self
             .service
             .endpoint(subject)
@@ -175,7 +256,7 @@ impl<S: Send + Sync + 'static> Module<S> {
             .map_err(|source| RegisterError::Endpoint { subject, source })?;
         let stats = self.track(subject);
         let (shared, service) = (self.shared.clone(), self.service.clone());
-        let (handler, max_in_flight) = (Arc::new(handler), self.max_in_flight);
+        let (handler, max_in_flight) = (Arc::new(handler), self.options.max_in_flight);
         let mut first = Some(endpoint);
         self.shared.tracker.spawn(async move {
             let cancel = shared.cancel.clone();
@@ -209,23 +290,32 @@ impl<S: Send + Sync + 'static> Module<S> {
         Ok(())
     }
 
-    /// Reacts to every `E` event with `handler`, events handled concurrently, through
-    /// the module's durable consumer for `E::SUBJECT`.
-    pub async fn on_event<E, F, Fut>(&mut self, handler: F) -> Result<(), RegisterError>
+    /// Reacts to every `E` event with the handler called `name`, events
+    /// handled concurrently, through its durable consumer
+    /// `<module>_<name>` (see [`crate::Listener`] on why the name, not the
+    /// subject, is the identity).
+    pub async fn on_event<E, F, Fut>(
+        &mut self,
+        name: &'static str,
+        handler: F,
+    ) -> Result<(), RegisterError>
     where
         E: Event,
         F: Fn(Arc<S>, Context, E) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), ServiceError>> + Send + 'static,
+        Fut: Future<Output = Result<(), EventError>> + Send + 'static,
     {
         let subject = E::SUBJECT;
-        let durable = consumer::durable_name(self.spec.name, subject);
+        if !self.declaration.listens(name, subject) {
+            return Err(self.undeclared(format!("listen to {subject} with handler {name:?}")));
+        }
+        let durable = self.declaration.consumer_name(name);
         let advisories =
             consumer::watch_max_deliveries(self.shared.bus.client(), &durable, subject).await?;
         let messages = consumer::open(
             self.shared.bus.jetstream(),
             &durable,
             subject,
-            self.consumer,
+            self.options.consumer,
         )
         .await?;
         let stats = self.track(subject);
@@ -236,8 +326,11 @@ impl<S: Send + Sync + 'static> Module<S> {
             stats.clone(),
         ));
         let shared = self.shared.clone();
-        let (handler, max_in_flight, options) =
-            (Arc::new(handler), self.max_in_flight, self.consumer);
+        let (handler, max_in_flight, options) = (
+            Arc::new(handler),
+            self.options.max_in_flight,
+            self.options.consumer,
+        );
         let mut first = Some(messages);
         self.shared.tracker.spawn(async move {
             let cancel = shared.cancel.clone();
@@ -273,10 +366,17 @@ impl<S: Send + Sync + 'static> Module<S> {
         Ok(())
     }
 
+    fn undeclared(&self, what: String) -> RegisterError {
+        RegisterError::Undeclared {
+            module: self.declaration.name,
+            what,
+        }
+    }
+
     /// Hands the running module over to its handle.
     pub fn running(self) -> ModuleHandle {
         ModuleHandle {
-            name: self.spec.name,
+            name: self.declaration.name,
             bus: self.shared.bus.clone(),
             service: Some(self.service),
             tracker: self.shared.tracker.clone(),

@@ -3,12 +3,17 @@
 
 use std::sync::Arc;
 
-use messaging_core::contract::{
-    CancelOrder, Event, GetOrder, GetUser, Order, OrderCancelled, OrderCreated, OrderFailed,
-    OrderFulfilled, OrderId, OrderPaid, OrderStatus, PaymentFailed, PaymentSucceeded, PlaceOrder,
-    ReserveStock, StockChange, StockUpdated,
+use contract::order::{
+    CancelOrder, GetOrder, Order, OrderCancelled, OrderCreated, OrderFailed, OrderFulfilled,
+    OrderId, OrderPaid, OrderStatus, PlaceOrder,
 };
-use messaging_core::{Bus, Context, RequestError, ServiceError};
+use contract::order::{INVALID_TRANSITION, PRODUCT_NOT_FOUND, USER_NOT_FOUND};
+use contract::payment::{PaymentFailed, PaymentSucceeded};
+use contract::product::INSUFFICIENT_STOCK;
+use contract::product::{ReserveStock, StockChange, StockUpdated};
+use contract::user::GetUser;
+use contract::NOT_FOUND;
+use messaging_core::{Bus, Context, Event, EventError, RequestError, ServiceError};
 
 use crate::state::{OrderRecord, Orders, Transition, TransitionError};
 
@@ -41,10 +46,9 @@ pub async fn place_order(
         })
         .await
         .map_err(|err| match err.remote() {
-            Some(remote) if remote.status == 404 => ServiceError::not_found(
-                "user_not_found",
-                format!("user {} does not exist", request.user_id),
-            ),
+            Some(remote) if NOT_FOUND.is(remote) => {
+                USER_NOT_FOUND.error(format!("user {} does not exist", request.user_id))
+            }
             _ => ServiceError::from(err),
         })?;
         orders.remember_user(request.user_id);
@@ -64,12 +68,11 @@ pub async fn place_order(
     })
     .await
     .map_err(|err| match err {
-        RequestError::Remote { error, .. } if error.status == 404 => ServiceError::not_found(
-            "product_not_found",
-            format!("product {} does not exist", request.product_id),
-        ),
+        RequestError::Remote { error, .. } if NOT_FOUND.is(&error) => {
+            PRODUCT_NOT_FOUND.error(format!("product {} does not exist", request.product_id))
+        }
         // The owner of the stock said no: pass it on as is.
-        RequestError::Remote { error, .. } if error.code == "insufficient_stock" => error,
+        RequestError::Remote { error, .. } if INSUFFICIENT_STOCK.is(&error) => error,
         other => ServiceError::from(other),
     })?;
 
@@ -105,7 +108,7 @@ pub async fn payment_succeeded(
     orders: Arc<Orders>,
     ctx: Context,
     event: PaymentSucceeded,
-) -> Result<(), ServiceError> {
+) -> Result<(), EventError> {
     let order_id = event.payment.order_id;
     advance(&orders, &ctx, order_id, OrderStatus::Paid, None).await?;
     Ok(())
@@ -117,7 +120,7 @@ pub async fn payment_failed(
     orders: Arc<Orders>,
     ctx: Context,
     event: PaymentFailed,
-) -> Result<(), ServiceError> {
+) -> Result<(), EventError> {
     let order_id = event.payment.order_id;
     advance(
         &orders,
@@ -135,7 +138,7 @@ pub async fn stock_updated(
     orders: Arc<Orders>,
     ctx: Context,
     event: StockUpdated,
-) -> Result<(), ServiceError> {
+) -> Result<(), EventError> {
     if event.change != StockChange::Committed {
         return Ok(());
     }
@@ -176,10 +179,9 @@ async fn advance(
         }
         Err(TransitionError::Illegal(record)) => {
             let from = record.order.status;
-            return Err(ServiceError::conflict(
-                "invalid_transition",
-                format!("order {id} is {from} and cannot become {to}"),
-            ));
+            return Err(
+                INVALID_TRANSITION.error(format!("order {id} is {from} and cannot become {to}"))
+            );
         }
         Err(TransitionError::Store(err)) => return Err(err.into()),
     };
@@ -250,5 +252,5 @@ pub async fn recover(orders: &Orders, bus: &Bus) -> Result<usize, ServiceError> 
 }
 
 fn not_found(id: OrderId) -> ServiceError {
-    ServiceError::not_found("not_found", format!("order {id} does not exist"))
+    NOT_FOUND.error(format!("order {id} does not exist"))
 }

@@ -1,12 +1,14 @@
 //! The order module's state: the `orders` table, each order with its status.
 //!
 //! Status changes go through [`Orders::transition`], which enforces the
-//! lifecycle of [`OrderStatus::can_become`] with compare-and-set, so two
+//! lifecycle of [`crate::lifecycle::can_become`] with compare-and-set, so two
 //! concurrent events (in one process or in several) can never both move the
 //! same order, and none is silently overwritten.
 
-use messaging_core::contract::{Order, OrderId, OrderStatus, UserId};
-use messaging_core::store::{Change, Storage, StoreError, Table};
+use contract::order::{Order, OrderId, OrderStatus};
+use contract::user::UserId;
+use messaging_core::store::{Change, StoreError, Table};
+use messaging_core::Setup;
 use serde::{Deserialize, Serialize};
 
 /// An order as stored.
@@ -62,9 +64,9 @@ fn known_users() -> std::sync::Mutex<lru::LruCache<UserId, ()>> {
 }
 
 impl Orders {
-    pub async fn open(client: &async_nats::Client, storage: Storage) -> Result<Self, StoreError> {
+    pub async fn open(setup: &Setup) -> Result<Self, StoreError> {
         Ok(Self {
-            table: Table::open(client, storage, "orders", None).await?,
+            table: setup.table("orders", None).await?,
             known_users: known_users(),
         })
     }
@@ -137,7 +139,7 @@ impl Orders {
                 if already_reached(from, to) {
                     return Ok(Change::Keep(Transition::AlreadyDone(record.clone())));
                 }
-                if !from.can_become(to) {
+                if !crate::lifecycle::can_become(from, to) {
                     return Err(TransitionError::Illegal(Box::new(record.clone())));
                 }
                 let mut next = record.clone();
@@ -159,7 +161,8 @@ fn already_reached(current: OrderStatus, target: OrderStatus) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use messaging_core::contract::{ProductId, Quantity};
+    use contract::product::ProductId;
+    use contract::values::Quantity;
 
     fn status(
         t: Result<Transition, TransitionError>,

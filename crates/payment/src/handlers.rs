@@ -2,13 +2,11 @@
 
 use std::sync::Arc;
 
-use messaging_core::contract::{
-    OrderCancelled, OrderCreated, Payment, PaymentFailed, PaymentId, PaymentRefunded,
-    PaymentSucceeded,
-};
-use messaging_core::{Context, ServiceError};
+use contract::order::{OrderCancelled, OrderCreated};
+use contract::payment::{Payment, PaymentFailed, PaymentRefunded, PaymentSucceeded};
+use messaging_core::{Context, EventError};
 
-use crate::state::{Outcome, PaymentRecord, Payments};
+use crate::state::{payment_id, Outcome, PaymentRecord, Payments};
 
 /// `events.order.created`: takes the payment and announces the outcome.
 ///
@@ -21,7 +19,7 @@ pub async fn order_created(
     payments: Arc<Payments>,
     ctx: Context,
     event: OrderCreated,
-) -> Result<(), ServiceError> {
+) -> Result<(), EventError> {
     let order = event.order;
     // No read first: the payment is simulated, then recorded with
     // create-if-absent. A duplicate delivery finds the first record there
@@ -31,7 +29,7 @@ pub async fn order_created(
     // gateway, given this id as its idempotency key, charges once even if
     // two deliveries race here.
     let payment = Payment {
-        id: PaymentId::for_order(order.id),
+        id: payment_id(order.id),
         order_id: order.id,
     };
     let outcome = payments.decide(&order);
@@ -62,10 +60,10 @@ pub async fn order_cancelled(
     payments: Arc<Payments>,
     ctx: Context,
     event: OrderCancelled,
-) -> Result<(), ServiceError> {
+) -> Result<(), EventError> {
     let order_id = event.order.id;
     let payment = Payment {
-        id: PaymentId::for_order(order_id),
+        id: payment_id(order_id),
         order_id,
     };
     if let Some(record) = payments.cancel(payment).await? {

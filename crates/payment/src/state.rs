@@ -3,8 +3,10 @@
 
 use std::sync::Mutex;
 
-use messaging_core::contract::{Order, OrderId, Payment};
-use messaging_core::store::{Change, Storage, StoreError, Table};
+use contract::order::{Order, OrderId};
+use contract::payment::{Payment, PaymentId};
+use messaging_core::store::{Change, StoreError, Table};
+use messaging_core::Setup;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -32,6 +34,13 @@ pub struct PaymentRecord {
     pub outcome: Outcome,
 }
 
+/// The payment id of an order: the same for every attempt at paying it, so
+/// a real gateway given it as its idempotency key charges once.
+pub fn payment_id(order: OrderId) -> PaymentId {
+    const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x9a7e_0b1d_3c55_4f0e_8d2a_6b4c_1e9f_0a11);
+    PaymentId(uuid::Uuid::new_v5(&NAMESPACE, order.0.as_bytes()))
+}
+
 /// All payments, by order.
 pub struct Payments {
     config: PaymentConfig,
@@ -41,18 +50,14 @@ pub struct Payments {
 }
 
 impl Payments {
-    pub async fn open(
-        client: &async_nats::Client,
-        storage: Storage,
-        config: PaymentConfig,
-    ) -> Result<Self, StoreError> {
+    pub async fn open(setup: &Setup, config: PaymentConfig) -> Result<Self, StoreError> {
         let rng = match config.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_entropy(),
         };
         Ok(Self {
             config,
-            table: Table::open(client, storage, "payments", None).await?,
+            table: setup.table("payments", None).await?,
             rng: Mutex::new(rng),
         })
     }

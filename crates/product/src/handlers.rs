@@ -2,11 +2,14 @@
 
 use std::sync::Arc;
 
-use messaging_core::contract::{
-    CreateProduct, GetProduct, Order, OrderCancelled, OrderFailed, OrderPaid, Product,
-    ProductCreated, ProductId, Reservation, ReserveStock, StockChange, StockUpdated,
+use contract::order::{Order, OrderCancelled, OrderFailed, OrderPaid};
+use contract::product::{
+    CreateProduct, GetProduct, Product, ProductCreated, ProductId, Reservation, ReserveStock,
+    StockChange, StockUpdated,
 };
-use messaging_core::{Context, ServiceError};
+use contract::product::{INSUFFICIENT_STOCK, RESERVATION_MISMATCH};
+use contract::NOT_FOUND;
+use messaging_core::{Context, EventError, ServiceError};
 
 use crate::state::{Catalogue, ReserveError, Settled, Settlement};
 
@@ -32,12 +35,10 @@ pub async fn get_product(
     _ctx: Context,
     request: GetProduct,
 ) -> Result<Product, ServiceError> {
-    catalogue.get(request.id).await?.ok_or_else(|| {
-        ServiceError::not_found(
-            "not_found",
-            format!("product {} does not exist", request.id),
-        )
-    })
+    catalogue
+        .get(request.id)
+        .await?
+        .ok_or_else(|| NOT_FOUND.error(format!("product {} does not exist", request.id)))
 }
 
 /// `product.reserve`: holds stock for an order, or refuses with a 404 or 409.
@@ -50,21 +51,15 @@ pub async fn reserve_stock(
         .reserve(request.order_id, request.product_id, request.quantity)
         .await
         .map_err(|err| match err {
-            ReserveError::UnknownProduct => ServiceError::not_found(
-                "not_found",
-                format!("product {} does not exist", request.product_id),
-            ),
-            ReserveError::InsufficientStock { available } => ServiceError::conflict(
-                "insufficient_stock",
-                format!(
-                    "product {} has {available} available, {} requested",
-                    request.product_id, request.quantity
-                ),
-            ),
-            ReserveError::OrderAlreadyReserved(held) => ServiceError::conflict(
-                "reservation_mismatch",
-                format!("order {} already holds {held}", request.order_id),
-            ),
+            ReserveError::UnknownProduct => {
+                NOT_FOUND.error(format!("product {} does not exist", request.product_id))
+            }
+            ReserveError::InsufficientStock { available } => INSUFFICIENT_STOCK.error(format!(
+                "product {} has {available} available, {} requested",
+                request.product_id, request.quantity
+            )),
+            ReserveError::OrderAlreadyReserved(held) => RESERVATION_MISMATCH
+                .error(format!("order {} already holds {held}", request.order_id)),
             ReserveError::Store(err) => ServiceError::unavailable(err.0),
         })
 }
@@ -74,7 +69,7 @@ pub async fn order_paid(
     catalogue: Arc<Catalogue>,
     ctx: Context,
     event: OrderPaid,
-) -> Result<(), ServiceError> {
+) -> Result<(), EventError> {
     settle(&catalogue, &ctx, &event.order, Settlement::Commit).await
 }
 
@@ -83,7 +78,7 @@ pub async fn order_failed(
     catalogue: Arc<Catalogue>,
     ctx: Context,
     event: OrderFailed,
-) -> Result<(), ServiceError> {
+) -> Result<(), EventError> {
     settle(&catalogue, &ctx, &event.order, Settlement::Release).await
 }
 
@@ -92,7 +87,7 @@ pub async fn order_cancelled(
     catalogue: Arc<Catalogue>,
     ctx: Context,
     event: OrderCancelled,
-) -> Result<(), ServiceError> {
+) -> Result<(), EventError> {
     settle(&catalogue, &ctx, &event.order, Settlement::Release).await
 }
 
@@ -107,7 +102,7 @@ async fn settle(
     ctx: &Context,
     order: &Order,
     how: Settlement,
-) -> Result<(), ServiceError> {
+) -> Result<(), EventError> {
     let change = match how {
         Settlement::Commit => StockChange::Committed,
         Settlement::Release => StockChange::Released,
@@ -118,14 +113,13 @@ async fn settle(
             tracing::debug!(order_id = %order.id, ?change, "settlement already applied");
             product
         }
+        // Products are never deleted: an order for an unknown product is
+        // nonsense no retry can fix.
         None => {
-            return Err(ServiceError::not_found(
-                "not_found",
-                format!(
-                    "product {} of order {} does not exist",
-                    order.product_id, order.id
-                ),
-            ))
+            return Err(EventError::permanent(format!(
+                "product {} of order {} does not exist",
+                order.product_id, order.id
+            )))
         }
     };
     let fact = format!("stock/{}/{change:?}", order.id);

@@ -1,14 +1,17 @@
 //! The product module: owns the catalogue and the stock, including the
 //! reservations that keep concurrent orders from overselling.
 //!
+//! What it serves, requests, publishes and listens to is declared in
+//! [`contract::product::MODULE`]; the framework holds it to that:
+//!
 //! | subject                        | kind    | what                                        |
 //! |--------------------------------|---------|---------------------------------------------|
 //! | `product.create`               | request | add a product with its initial stock        |
 //! | `product.get`                  | request | a product with `stock` and `available`      |
-//! | `product.reserve`              | request | hold stock for an order, atomically         |
-//! | `events.order.paid`            | listen  | commit the order's reservation              |
-//! | `events.order.failed`          | listen  | release the order's reservation             |
-//! | `events.order.cancelled`       | listen  | release the order's reservation             |
+//! | `product.reserve`              | request | hold stock for an order, atomically (modules only) |
+//! | `events.order.paid`            | listen  | `commit_paid_order`: commit the order's reservation |
+//! | `events.order.failed`          | listen  | `release_failed_order`: release it          |
+//! | `events.order.cancelled`       | listen  | `release_cancelled_order`: release it       |
 //! | `events.product.created`       | publish | after a product is added                    |
 //! | `events.product.stock.updated` | publish | after a reservation is committed or released |
 //!
@@ -20,34 +23,35 @@ mod state;
 
 use std::sync::Arc;
 
-use messaging_core::{Bus, Module, ModuleHandle, ModuleSpec, RegisterError, Storage};
+use messaging_core::{Module, ModuleHandle, ModuleOptions, RegisterError};
 
 pub use state::Catalogue;
 
-/// How the module announces itself on `$SRV.INFO`.
-pub const SPEC: ModuleSpec = ModuleSpec {
-    name: "product",
-    version: env!("CARGO_PKG_VERSION"),
-    description: "Products: catalogue, stock and reservations",
-};
-
 /// Starts serving the product module on `client`, its state in the `products` bucket.
 pub async fn register(client: async_nats::Client) -> Result<ModuleHandle, RegisterError> {
-    register_with(client, Storage::Durable).await
+    register_with(client, ModuleOptions::default()).await
 }
 
-/// Starts serving the product module with its state kept as `storage` says.
+/// Starts serving the product module as `options` say.
 pub async fn register_with(
     client: async_nats::Client,
-    storage: Storage,
+    options: ModuleOptions,
 ) -> Result<ModuleHandle, RegisterError> {
-    let catalogue = Arc::new(Catalogue::open(&client, storage).await?);
-    let mut module = Module::start(Bus::new(client), SPEC, catalogue, storage).await?;
+    let version = env!("CARGO_PKG_VERSION");
+    let setup = Module::setup(client, &contract::product::MODULE, version, options).await?;
+    let catalogue = Arc::new(Catalogue::open(&setup).await?);
+    let mut module = setup.start(catalogue).await?;
     module.serve(handlers::create_product).await?;
     module.serve(handlers::get_product).await?;
     module.serve(handlers::reserve_stock).await?;
-    module.on_event(handlers::order_paid).await?;
-    module.on_event(handlers::order_failed).await?;
-    module.on_event(handlers::order_cancelled).await?;
+    module
+        .on_event("commit_paid_order", handlers::order_paid)
+        .await?;
+    module
+        .on_event("release_failed_order", handlers::order_failed)
+        .await?;
+    module
+        .on_event("release_cancelled_order", handlers::order_cancelled)
+        .await?;
     Ok(module.running())
 }

@@ -11,8 +11,11 @@
 
 use std::collections::BTreeMap;
 
-use messaging_core::contract::{Name, OrderId, Product, ProductId, Quantity, Reservation};
-use messaging_core::store::{Change, Storage, StoreError, Table};
+use contract::order::OrderId;
+use contract::product::{Product, ProductId, Reservation};
+use contract::values::{Name, Quantity};
+use messaging_core::store::{Change, StoreError, Table};
+use messaging_core::Setup;
 use serde::{Deserialize, Serialize};
 
 /// A product as stored.
@@ -90,9 +93,9 @@ pub struct Catalogue {
 }
 
 impl Catalogue {
-    pub async fn open(client: &async_nats::Client, storage: Storage) -> Result<Self, StoreError> {
+    pub async fn open(setup: &Setup) -> Result<Self, StoreError> {
         Ok(Self {
-            table: Table::open(client, storage, "products", None).await?,
+            table: setup.table("products", None).await?,
         })
     }
 

@@ -1,14 +1,16 @@
 //! The product module against a real broker: catalogue requests, atomic
 //! reservations, and settling reservations from order events, once each.
 
+use messaging_core::Event;
 use std::time::Duration;
 
-use messaging_core::contract::Event;
-use messaging_core::contract::{
-    CreateProduct, GetProduct, Name, Order, OrderCancelled, OrderFailed, OrderId, OrderPaid,
-    OrderStatus, Product, ProductCreated, ProductId, Quantity, ReserveStock, StockChange,
-    StockUpdated, UserId,
+use contract::order::{Order, OrderCancelled, OrderFailed, OrderId, OrderPaid, OrderStatus};
+use contract::product::{
+    CreateProduct, GetProduct, Product, ProductCreated, ProductId, ReserveStock, StockChange,
+    StockUpdated,
 };
+use contract::user::UserId;
+use contract::values::{Name, Quantity};
 use messaging_core::EventMeta;
 use testkit::{expect_refusal, spawn_module, TestModule};
 use uuid::Uuid;

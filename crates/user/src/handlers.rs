@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use messaging_core::contract::{CreateUser, GetUser, User, UserCreated, UserId};
+use contract::user::{CreateUser, GetUser, User, UserCreated, UserId};
+use contract::NOT_FOUND;
 use messaging_core::{Context, ServiceError};
 
 use crate::state::Users;
@@ -30,7 +31,8 @@ pub async fn get_user(
     _ctx: Context,
     request: GetUser,
 ) -> Result<User, ServiceError> {
-    users.get(request.id).await?.ok_or_else(|| {
-        ServiceError::not_found("not_found", format!("user {} does not exist", request.id))
-    })
+    users
+        .get(request.id)
+        .await?
+        .ok_or_else(|| NOT_FOUND.error(format!("user {} does not exist", request.id)))
 }

@@ -1,43 +1,42 @@
 //! The user module: owns the users.
 //!
+//! What it serves, requests, publishes and listens to is declared in
+//! [`contract::user::MODULE`]; the framework holds it to that:
+//!
 //! | subject               | kind    | what                          |
 //! |-----------------------|---------|-------------------------------|
 //! | `user.create`         | request | create a user, reply [`User`] |
 //! | `user.get`            | request | look a user up by id          |
 //! | `events.user.created` | publish | after a user is created       |
 //!
-//! Depends on `messaging-core` only; other modules reach it over the bus.
+//! Depends on `messaging-core` and `contract` only; other modules reach it
+//! over the bus.
 //!
-//! [`User`]: messaging_core::contract::User
+//! [`User`]: contract::user::User
 
 mod handlers;
 mod state;
 
 use std::sync::Arc;
 
-use messaging_core::{Bus, Module, ModuleHandle, ModuleSpec, RegisterError, Storage};
+use messaging_core::{Module, ModuleHandle, ModuleOptions, RegisterError};
 
 pub use state::Users;
 
-/// How the module announces itself on `$SRV.INFO`.
-pub const SPEC: ModuleSpec = ModuleSpec {
-    name: "user",
-    version: env!("CARGO_PKG_VERSION"),
-    description: "Users: create and look up",
-};
-
 /// Starts serving the user module on `client`, its state in the `users` bucket.
 pub async fn register(client: async_nats::Client) -> Result<ModuleHandle, RegisterError> {
-    register_with(client, Storage::Durable).await
+    register_with(client, ModuleOptions::default()).await
 }
 
-/// Starts serving the user module with its state kept as `storage` says.
+/// Starts serving the user module as `options` say.
 pub async fn register_with(
     client: async_nats::Client,
-    storage: Storage,
+    options: ModuleOptions,
 ) -> Result<ModuleHandle, RegisterError> {
-    let users = Arc::new(Users::open(&client, storage).await?);
-    let mut module = Module::start(Bus::new(client), SPEC, users, storage).await?;
+    let version = env!("CARGO_PKG_VERSION");
+    let setup = Module::setup(client, &contract::user::MODULE, version, options).await?;
+    let users = Arc::new(Users::open(&setup).await?);
+    let mut module = setup.start(users).await?;
     module.serve(handlers::create_user).await?;
     module.serve(handlers::get_user).await?;
     Ok(module.running())

@@ -1,7 +1,9 @@
 //! The user module's state: the `users` table, by id.
 
-use messaging_core::contract::{Name, User, UserId};
-use messaging_core::store::{Storage, StoreError, Table};
+use contract::user::{User, UserId};
+use contract::values::Name;
+use messaging_core::store::{StoreError, Table};
+use messaging_core::Setup;
 
 /// All users.
 pub struct Users {
@@ -9,9 +11,9 @@ pub struct Users {
 }
 
 impl Users {
-    pub async fn open(client: &async_nats::Client, storage: Storage) -> Result<Self, StoreError> {
+    pub async fn open(setup: &Setup) -> Result<Self, StoreError> {
         Ok(Self {
-            table: Table::open(client, storage, "users", None).await?,
+            table: setup.table("users", None).await?,
         })
     }
 

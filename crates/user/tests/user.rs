@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use messaging_core::contract::{CreateUser, GetUser, Name, UserCreated, UserId};
+use contract::user::{CreateUser, GetUser, UserCreated, UserId};
+use contract::values::Name;
 use testkit::{expect_refusal, spawn_module, TestModule};
 
 const WAIT: Duration = Duration::from_secs(10);

@@ -164,10 +164,10 @@ async fn serve_keeps_the_modules_up_until_sigterm_then_stops_cleanly() {
     let client = messaging_core::Connection::connect(&url, "outsider")
         .await
         .unwrap();
-    let name = messaging_core::contract::Name::parse("Grace").unwrap();
+    let name = contract::values::Name::parse("Grace").unwrap();
     let user = client
         .bus()
-        .request(&messaging_core::contract::CreateUser { name })
+        .request(&contract::user::CreateUser { name })
         .await
         .unwrap();
     assert_eq!(user.name.as_str(), "Grace");
@@ -250,7 +250,6 @@ async fn a_server_without_jetstream_is_one_clear_error() {
 
 #[tokio::test]
 async fn dead_letters_can_be_listed_and_retried_from_the_command_line() {
-    use messaging_core::contract::subjects;
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().to_str().unwrap().to_owned();
 
@@ -273,13 +272,13 @@ async fn dead_letters_can_be_listed_and_retried_from_the_command_line() {
     connection
         .bus()
         .jetstream()
-        .publish(subjects::ORDER_CREATED, "not json".into())
+        .publish(contract::order::CREATED, "not json".into())
         .await
         .unwrap()
         .await
         .unwrap();
     payment
-        .wait_until(subjects::ORDER_CREATED, WAIT, |s| s.dead_lettered == 1)
+        .wait_until(contract::order::CREATED, WAIT, |s| s.dead_lettered == 1)
         .await
         .unwrap();
     payment.shutdown().await;
@@ -301,14 +300,14 @@ async fn dead_letters_can_be_listed_and_retried_from_the_command_line() {
     .await;
     let line = listed
         .lines()
-        .find(|l| l.contains(subjects::ORDER_CREATED))
+        .find(|l| l.contains(contract::order::CREATED))
         .unwrap_or_else(|| panic!("no dead letter listed:\n{listed}"));
     assert!(
         line.contains("Poisoned") && line.contains("undecodable"),
         "{line}"
     );
     let id = line.split('\t').next().unwrap().to_owned();
-    assert_eq!(id.split('.').next(), Some("payment_events_order_created"));
+    assert_eq!(id.split('.').next(), Some("payment_take_payment"));
 
     let retried = list(vec![
         "dead-letters".into(),

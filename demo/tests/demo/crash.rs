@@ -11,10 +11,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use contract::order::{OrderId, OrderStatus, PlaceOrder};
+use contract::product::{CreateProduct, GetProduct, Product};
+use contract::user::CreateUser;
+use contract::values::Name;
 use futures::StreamExt;
-use messaging_core::contract::{
-    CreateProduct, CreateUser, GetProduct, Name, OrderId, OrderStatus, PlaceOrder, Product,
-};
 use messaging_core::Connection;
 use nix::sys::signal::Signal;
 use rand::{Rng, SeedableRng};

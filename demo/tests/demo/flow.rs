@@ -1,7 +1,7 @@
 //! The seed's flow, in one process.
 
+use contract::order::{OrderFulfilled, OrderStatus};
 use futures::StreamExt;
-use messaging_core::contract::{subjects, OrderFulfilled, OrderStatus};
 use messaging_core::EventMeta;
 
 use crate::support::{instant_payments, spawn_system, WAIT};
@@ -36,13 +36,13 @@ async fn an_order_flows_from_placement_to_fulfilment_and_stock_goes_100_to_90() 
     // The order's own events, in the order of the flow, all in one flow.
     let mut flow = Vec::new();
     let mut correlation = None;
-    while flow.last() != Some(&subjects::ORDER_FULFILLED.to_owned()) {
+    while flow.last() != Some(&contract::order::FULFILLED.to_owned()) {
         let message = tokio::time::timeout(WAIT, all.next())
             .await
             .unwrap()
             .unwrap();
         let meta: EventMeta = serde_json::from_slice(&message.payload).unwrap();
-        if message.subject.as_str() == subjects::ORDER_CREATED {
+        if message.subject.as_str() == contract::order::CREATED {
             correlation = Some(meta.correlation_id);
         }
         if correlation == Some(meta.correlation_id) {
@@ -52,11 +52,11 @@ async fn an_order_flows_from_placement_to_fulfilment_and_stock_goes_100_to_90() 
     assert_eq!(
         flow,
         [
-            subjects::ORDER_CREATED,
-            subjects::PAYMENT_SUCCEEDED,
-            subjects::ORDER_PAID,
-            subjects::STOCK_UPDATED,
-            subjects::ORDER_FULFILLED,
+            contract::order::CREATED,
+            contract::payment::SUCCEEDED,
+            contract::order::PAID,
+            contract::product::STOCK_UPDATED,
+            contract::order::FULFILLED,
         ]
     );
     system.shutdown().await;

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use messaging_core::contract::{OrderStatus, PlaceOrder};
+use contract::order::{OrderStatus, PlaceOrder};
 use messaging_core::ServiceError;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;

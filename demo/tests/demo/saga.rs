@@ -6,10 +6,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use messaging_core::contract::{
-    subjects, CancelOrder, Order, OrderCancelled, OrderFailed, OrderFulfilled, OrderId, OrderPaid,
-    OrderStatus, Payment, PaymentId, PaymentSucceeded, StockChange, StockUpdated,
+use contract::order::{
+    CancelOrder, Order, OrderCancelled, OrderFailed, OrderFulfilled, OrderId, OrderPaid,
+    OrderStatus,
 };
+use contract::payment::{Payment, PaymentId, PaymentSucceeded};
+use contract::product::{StockChange, StockUpdated};
 use messaging_core::{EventMeta, Published};
 use payment::PaymentConfig;
 use rand::rngs::StdRng;
@@ -181,7 +183,7 @@ async fn a_duplicated_payment_success_decrements_stock_once() {
     );
     let orders = system.module("order");
     let handled = orders
-        .handled(subjects::PAYMENT_SUCCEEDED, 2, WAIT)
+        .handled(contract::payment::SUCCEEDED, 2, WAIT)
         .await
         .unwrap();
     assert_eq!(
@@ -191,7 +193,7 @@ async fn a_duplicated_payment_success_decrements_stock_once() {
     );
     let products = system.module("product");
     let commits = products
-        .handled(subjects::ORDER_PAID, 1, WAIT)
+        .handled(contract::order::PAID, 1, WAIT)
         .await
         .unwrap();
     assert_eq!(commits.failed, 0);
@@ -331,7 +333,7 @@ async fn run_round(seed: u64) {
 
 #[tokio::test]
 async fn cancelling_while_the_payment_is_taken_refunds_or_voids_it() {
-    use messaging_core::contract::PaymentRefunded;
+    use contract::payment::PaymentRefunded;
     use messaging_core::dead_letter::DeadLetters;
     let system = spawn_system(Some(PaymentConfig {
         delay: Duration::from_millis(300),
@@ -361,11 +363,11 @@ async fn cancelling_while_the_payment_is_taken_refunds_or_voids_it() {
     let orders = system.module("order");
     let payments = system.module("payment");
     payments
-        .handled(subjects::ORDER_CREATED, 1, WAIT)
+        .handled(contract::order::CREATED, 1, WAIT)
         .await
         .unwrap();
     payments
-        .handled(subjects::ORDER_CANCELLED, 1, WAIT)
+        .handled(contract::order::CANCELLED, 1, WAIT)
         .await
         .unwrap();
     // Both handlers finished, and a handler finishes only after what it
@@ -376,11 +378,14 @@ async fn cancelling_while_the_payment_is_taken_refunds_or_voids_it() {
         Ok(refund) => assert_eq!(refund.event.payment.order_id, order.id),
         // ...or voided before it was charged, and never announced.
         Err(_) => assert_eq!(
-            orders.stats(subjects::PAYMENT_SUCCEEDED).unwrap().completed,
+            orders
+                .stats(contract::payment::SUCCEEDED)
+                .unwrap()
+                .completed,
             0
         ),
     }
-    let failed = orders.stats(subjects::PAYMENT_SUCCEEDED).unwrap().failed;
+    let failed = orders.stats(contract::payment::SUCCEEDED).unwrap().failed;
     assert_eq!(failed, 0, "a payment on a cancelled order is not an error");
     let letters = DeadLetters::open(system.bus().client(), messaging_core::Storage::Durable)
         .await

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use messaging_core::contract::{
-    CreateProduct, CreateUser, GetOrder, GetProduct, Name, Order, OrderId, PlaceOrder, Product,
-    Quantity, User,
-};
+use contract::order::{GetOrder, Order, OrderId, PlaceOrder};
+use contract::product::{CreateProduct, GetProduct, Product};
+use contract::user::{CreateUser, User};
+use contract::values::{Name, Quantity};
 use messaging_core::{shutdown_all, Bus, ModuleHandle, RequestError, Storage};
 use payment::PaymentConfig;
 use testkit::{spawn_broker, TestBroker};

@@ -5,11 +5,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use messaging_core::contract::{Event, Rpc};
 use messaging_core::dead_letter::{DeadLetterKind, DeadLetters};
 use messaging_core::{
-    ConsumerOptions, Context, EventMeta, Module, ModuleHandle, ModuleSpec, ServiceError, Storage,
-    IDEMPOTENCY_KEY,
+    ConsumerOptions, Context, Declaration, Endpoint, Event, EventError, EventMeta, Listener,
+    Module, ModuleHandle, ModuleOptions, Rpc, ServiceError, Storage, IDEMPOTENCY_KEY,
 };
 use serde::{Deserialize, Serialize};
 use testkit::{spawn_broker, TestBroker};
@@ -18,10 +17,20 @@ use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-const SPEC: ModuleSpec = ModuleSpec {
+/// Exactly what the worker serves, publishes and listens to.
+const WORKER: Declaration = Declaration {
     name: "worker",
-    version: "0.1.0",
     description: "test worker",
+    serves: &[Endpoint {
+        subject: Take::SUBJECT,
+        public: true,
+    }],
+    requests: &[],
+    publishes: &[Done::SUBJECT],
+    listens: &[Listener {
+        handler: "on_job",
+        subject: Job::SUBJECT,
+    }],
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,9 +65,9 @@ struct Taken {
 
 /// A worker whose failures the test controls.
 struct Worker {
-    /// Fail (as "unavailable") this many more times before succeeding.
+    /// Fail (transiently) this many more times before succeeding.
     failures_left: AtomicU32,
-    /// Fail every time while set.
+    /// Fail (transiently) every time while set.
     broken: AtomicBool,
     /// How long a job takes.
     slow_ms: AtomicU32,
@@ -83,19 +92,21 @@ impl Default for Worker {
     }
 }
 
-async fn on_job(worker: Arc<Worker>, ctx: Context, job: Job) -> Result<(), ServiceError> {
+async fn on_job(worker: Arc<Worker>, ctx: Context, job: Job) -> Result<(), EventError> {
     worker.jobs_started.fetch_add(1, Ordering::SeqCst);
     if worker.broken.load(Ordering::SeqCst) {
-        return Err(ServiceError::unavailable("the worker is broken"));
+        return Err(EventError::transient("the worker is broken"));
     }
     let left = worker.failures_left.load(Ordering::SeqCst);
     if left > 0 {
         worker.failures_left.store(left - 1, Ordering::SeqCst);
-        return Err(ServiceError::unavailable("flaky dependency"));
+        return Err(EventError::transient("flaky dependency"));
     }
     let slow = worker.slow_ms.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(slow.into())).await;
-    ctx.publish(&Done { n: job.n }).await?;
+    // Every test uses each job number once, so the fact is distinct per job.
+    ctx.publish_fact(&Done { n: job.n }, &format!("job/{}/done", job.n))
+        .await?;
     Ok(())
 }
 
@@ -111,12 +122,16 @@ async fn take(worker: Arc<Worker>, ctx: Context, request: Take) -> Result<Taken,
 }
 
 async fn start(app: &TestBroker, worker: Arc<Worker>, options: ConsumerOptions) -> ModuleHandle {
-    let mut module = Module::start(app.bus().clone(), SPEC, worker, Storage::Durable)
+    let options = ModuleOptions {
+        consumer: options,
+        ..ModuleOptions::with_storage(Storage::Durable)
+    };
+    let setup = Module::setup(app.bus().client().clone(), &WORKER, "0.1.0", options)
         .await
         .unwrap();
-    module.consumer_options(options);
+    let mut module = setup.start(worker).await.unwrap();
     module.serve(take).await.unwrap();
-    module.on_event(on_job).await.unwrap();
+    module.on_event("on_job", on_job).await.unwrap();
     module.running()
 }
 
@@ -180,7 +195,7 @@ async fn events_that_exhaust_their_deliveries_are_dead_lettered_and_can_be_retri
     let letter = &listed[0];
     assert_eq!(letter.kind, DeadLetterKind::MaxDeliveries);
     assert_eq!(letter.subject, Job::SUBJECT);
-    assert_eq!(letter.consumer, "worker_events_probe_job");
+    assert_eq!(letter.consumer, "worker_on_job", "<module>_<handler>");
     assert_eq!(letter.deliveries, 3);
     assert!(
         letter.reason.contains("the worker is broken"),

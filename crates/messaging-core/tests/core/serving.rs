@@ -4,18 +4,40 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use messaging_core::contract::{Event, Rpc};
-use messaging_core::{Bus, Context, Module, ModuleSpec, RequestError, ServiceError, Storage};
+use messaging_core::{
+    Context, Declaration, Endpoint, Event, EventError, Listener, Module, ModuleOptions,
+    RequestError, Rpc, ServiceError, Storage,
+};
 use serde::{Deserialize, Serialize};
 use testkit::{expect_refusal, spawn_broker};
 use tokio::sync::{mpsc, Barrier, Semaphore};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-const SPEC: ModuleSpec = ModuleSpec {
+/// Exactly what the probe serves, publishes and listens to.
+const PROBE: Declaration = Declaration {
     name: "probe",
-    version: "1.2.3",
     description: "test module",
+    serves: &[
+        Endpoint {
+            subject: Echo::SUBJECT,
+            public: true,
+        },
+        Endpoint {
+            subject: Rendezvous::SUBJECT,
+            public: true,
+        },
+        Endpoint {
+            subject: Gated::SUBJECT,
+            public: true,
+        },
+    ],
+    requests: &[],
+    publishes: &[Tock::SUBJECT],
+    listens: &[Listener {
+        handler: "on_tick",
+        subject: Tick::SUBJECT,
+    }],
 };
 
 /// Echoes its text; refuses `"fail"` with a 409; panics on `"panic"`.
@@ -107,26 +129,34 @@ async fn gated(probe: Arc<Probe>, _: Context, _: Gated) -> Result<String, Servic
     Ok("finished".to_owned())
 }
 
-async fn on_tick(probe: Arc<Probe>, ctx: Context, tick: Tick) -> Result<(), ServiceError> {
+async fn on_tick(probe: Arc<Probe>, ctx: Context, tick: Tick) -> Result<(), EventError> {
     tokio::time::timeout(WAIT, probe.barrier.wait())
         .await
-        .map_err(|_| ServiceError::internal("event handlers are not concurrent"))?;
-    ctx.publish(&Tock {
+        .map_err(|_| EventError::transient("event handlers are not concurrent"))?;
+    let tock = Tock {
         n: tick.n,
         by: probe.name.clone(),
-    })
-    .await?;
+    };
+    // One fact per tick and instance: every tock is a distinct event, so a
+    // tick handled twice would show as two tocks.
+    ctx.publish_fact(&tock, &format!("tick/{}/tock/{}", tick.n, probe.name))
+        .await?;
     Ok(())
 }
 
-async fn start_probe(bus: &Bus, probe: Arc<Probe>) -> messaging_core::ModuleHandle {
-    let mut module = Module::start(bus.clone(), SPEC, probe, Storage::Memory)
+async fn start_probe(
+    client: &async_nats::Client,
+    probe: Arc<Probe>,
+) -> messaging_core::ModuleHandle {
+    let options = ModuleOptions::with_storage(Storage::Memory);
+    let setup = Module::setup(client.clone(), &PROBE, "1.2.3", options)
         .await
-        .expect("start");
+        .expect("setup");
+    let mut module = setup.start(probe).await.expect("start");
     module.serve(echo).await.unwrap();
     module.serve(rendezvous).await.unwrap();
     module.serve(gated).await.unwrap();
-    module.on_event(on_tick).await.unwrap();
+    module.on_event("on_tick", on_tick).await.unwrap();
     module.running()
 }
 
@@ -134,7 +164,7 @@ async fn start_probe(bus: &Bus, probe: Arc<Probe>) -> messaging_core::ModuleHand
 async fn typed_requests_round_trip_and_errors_arrive_structured() {
     let app = spawn_broker().await;
     let (probe, _) = Probe::new(1, "a");
-    let module = start_probe(app.bus(), probe).await;
+    let module = start_probe(app.bus().client(), probe).await;
 
     let reply = app
         .bus()
@@ -174,7 +204,7 @@ async fn typed_requests_round_trip_and_errors_arrive_structured() {
 async fn malformed_payloads_get_a_bad_request_naming_the_problem() {
     let app = spawn_broker().await;
     let (probe, _) = Probe::new(1, "a");
-    let module = start_probe(app.bus(), probe).await;
+    let module = start_probe(app.bus().client(), probe).await;
 
     let cases = [
         ("{not json", "key must be a string"),
@@ -247,7 +277,7 @@ async fn nobody_serving_is_told_apart_from_a_timeout() {
 async fn fifty_slow_requests_on_one_endpoint_run_at_once() {
     let app = spawn_broker().await;
     let (probe, _) = Probe::new(50, "a");
-    let module = start_probe(app.bus(), probe).await;
+    let module = start_probe(app.bus().client(), probe).await;
 
     // Each handler waits until all 50 are running: with serial handling this
     // could not complete, whatever the timing.
@@ -271,8 +301,8 @@ async fn event_handlers_run_concurrently_and_instances_share_the_work() {
     let other = app.connect("instance-b").await;
     let (probe_a, _) = Probe::new(1, "a");
     let (probe_b, _) = Probe::new(1, "b");
-    let a = start_probe(app.bus(), probe_a).await;
-    let b = start_probe(other.bus(), probe_b).await;
+    let a = start_probe(app.bus().client(), probe_a).await;
+    let b = start_probe(other.bus().client(), probe_b).await;
     let mut tocks = app.bus().watch::<Tock>().await.unwrap();
 
     for n in 0..20 {
@@ -306,7 +336,7 @@ async fn event_handlers_run_concurrently_and_instances_share_the_work() {
 async fn fifty_events_are_handled_at_once() {
     let app = spawn_broker().await;
     let (probe, _) = Probe::new(50, "a");
-    let module = start_probe(app.bus(), probe).await;
+    let module = start_probe(app.bus().client(), probe).await;
     let mut tocks = app.bus().watch::<Tock>().await.unwrap();
     for n in 0..50 {
         app.bus()
@@ -333,7 +363,7 @@ async fn fifty_events_are_handled_at_once() {
 async fn discovery_answers_ping_info_and_stats() {
     let app = spawn_broker().await;
     let (probe, _) = Probe::new(1, "a");
-    let module = start_probe(app.bus(), probe).await;
+    let module = start_probe(app.bus().client(), probe).await;
     app.bus().request(&Echo { text: "x".into() }).await.unwrap();
 
     let client = app.bus().client();
@@ -373,7 +403,7 @@ async fn discovery_answers_ping_info_and_stats() {
 async fn shutdown_stops_intake_and_finishes_work_in_flight() {
     let app = spawn_broker().await;
     let (probe, mut started) = Probe::new(1, "a");
-    let module = start_probe(app.bus(), probe.clone()).await;
+    let module = start_probe(app.bus().client(), probe.clone()).await;
 
     let bus = app.bus().clone();
     let in_flight = tokio::spawn(async move { bus.request(&Gated {}).await });

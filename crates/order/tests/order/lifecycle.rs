@@ -3,11 +3,13 @@
 //! `pending -> cancelled` (`order.cancel`), and duplicates or late events
 //! that must change nothing.
 
-use messaging_core::contract::{
-    CancelOrder, Event, Name, OrderCancelled, OrderFailed, OrderFulfilled, OrderId, OrderPaid,
-    OrderStatus, Payment, PaymentFailed, PaymentId, PaymentSucceeded, Product, ProductId, Rpc,
-    StockChange, StockUpdated,
+use contract::order::{
+    CancelOrder, OrderCancelled, OrderFailed, OrderFulfilled, OrderId, OrderPaid, OrderStatus,
 };
+use contract::payment::{Payment, PaymentFailed, PaymentId, PaymentSucceeded};
+use contract::product::{Product, ProductId, StockChange, StockUpdated};
+use contract::values::Name;
+use messaging_core::{Event, Rpc};
 use testkit::expect_refusal;
 use uuid::Uuid;
 

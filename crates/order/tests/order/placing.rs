@@ -2,10 +2,10 @@
 //! kept; refusals (unknown user or product, not enough stock, peers absent or
 //! hung, malformed input) are structured errors and keep nothing.
 
-use messaging_core::contract::{
-    GetOrder, GetUser, Order, OrderCreated, OrderId, OrderStatus, PlaceOrder, ProductId, Rpc,
-    UserId,
-};
+use contract::order::{GetOrder, Order, OrderCreated, OrderId, OrderStatus, PlaceOrder};
+use contract::product::ProductId;
+use contract::user::{GetUser, UserId};
+use messaging_core::Rpc;
 use messaging_core::DEFAULT_REQUEST_TIMEOUT;
 use testkit::expect_refusal;
 

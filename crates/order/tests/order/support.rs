@@ -6,12 +6,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use messaging_core::contract::{
-    CancelOrder, GetOrder, GetUser, Name, Order, OrderId, PlaceOrder, ProductId, Quantity,
-    Reservation, ReserveStock, User, UserId,
-};
+use contract::order::{CancelOrder, GetOrder, Order, OrderId, PlaceOrder};
+use contract::product::{ProductId, Reservation, ReserveStock};
+use contract::user::{GetUser, User, UserId};
+use contract::values::{Name, Quantity};
 use messaging_core::{
-    Bus, Context, Module, ModuleHandle, ModuleSpec, RequestError, ServiceError, Storage,
+    Bus, Context, Declaration, Endpoint, Module, ModuleHandle, ModuleOptions, RequestError,
+    ServiceError, Storage,
 };
 use testkit::{spawn_broker, TestBroker};
 use uuid::Uuid;
@@ -23,10 +24,23 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// everything that could have produced the event has been handled.
 pub const QUIET: Duration = Duration::from_millis(300);
 
-const PEERS: ModuleSpec = ModuleSpec {
+/// Plays the user and product modules for the order tests.
+const PEERS: Declaration = Declaration {
     name: "fake-peers",
-    version: "0.0.1",
     description: "plays the user and product modules for the order tests",
+    serves: &[
+        Endpoint {
+            subject: contract::user::GET,
+            public: true,
+        },
+        Endpoint {
+            subject: contract::product::RESERVE,
+            public: false,
+        },
+    ],
+    requests: &[],
+    publishes: &[],
+    listens: &[],
 };
 
 /// What the fake peers know.
@@ -142,7 +156,12 @@ pub async fn spawn_app_with(serving: Serving) -> App {
     let peers = if serving == Serving::Nothing {
         None
     } else {
-        let mut peers = Module::start(broker.bus().clone(), PEERS, state.clone(), Storage::Memory)
+        let options = ModuleOptions::with_storage(Storage::Memory);
+        let client = broker.bus().client().clone();
+        let mut peers = Module::setup(client, &PEERS, "0.0.1", options)
+            .await
+            .expect("set up the fake peers")
+            .start(state.clone())
             .await
             .expect("start the fake peers");
         peers.serve(get_user).await.unwrap();

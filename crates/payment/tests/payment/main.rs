@@ -5,13 +5,15 @@
 //! card limit and reproducibly by seed, duplicates charged once, and a
 //! shutdown that finishes the payments in flight.
 
+use messaging_core::Event;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use messaging_core::contract::{
-    Event, Order, OrderCreated, OrderId, OrderStatus, PaymentFailed, PaymentSucceeded, ProductId,
-    Quantity, UserId,
-};
+use contract::order::{Order, OrderCreated, OrderId, OrderStatus};
+use contract::payment::{PaymentFailed, PaymentSucceeded};
+use contract::product::ProductId;
+use contract::user::UserId;
+use contract::values::Quantity;
 use messaging_core::{Bus, EventStream, ModuleHandle};
 use payment::PaymentConfig;
 use testkit::{spawn_broker, TestBroker};

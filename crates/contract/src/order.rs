@@ -1,0 +1,196 @@
+//! The order module's contract: orders and their lifecycle
+//! (`pending -> paid -> fulfilled`, or `failed` / `cancelled`).
+
+use std::fmt;
+
+use messaging_core::{Declaration, Endpoint, ErrorCode, Event, Listener, Rpc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::payment;
+use crate::product::{self, ProductId, INSUFFICIENT_STOCK};
+use crate::user::{self, UserId};
+use crate::values::{id_type, Quantity};
+use crate::NOT_FOUND;
+
+pub const CREATE: &str = "order.create";
+pub const GET: &str = "order.get";
+pub const CANCEL: &str = "order.cancel";
+pub const CREATED: &str = "events.order.created";
+pub const PAID: &str = "events.order.paid";
+pub const FULFILLED: &str = "events.order.fulfilled";
+pub const FAILED: &str = "events.order.failed";
+pub const CANCELLED: &str = "events.order.cancelled";
+
+/// `404`: the order's user does not exist.
+pub const USER_NOT_FOUND: ErrorCode = ErrorCode::new(404, "user_not_found");
+/// `404`: the order's product does not exist.
+pub const PRODUCT_NOT_FOUND: ErrorCode = ErrorCode::new(404, "product_not_found");
+/// `409`: the order's status does not allow this change.
+pub const INVALID_TRANSITION: ErrorCode = ErrorCode::new(409, "invalid_transition");
+
+/// What the order module does on the bus.
+pub const MODULE: Declaration = Declaration {
+    name: "order",
+    description: "Orders: placement and lifecycle",
+    serves: &[
+        Endpoint {
+            subject: CREATE,
+            public: true,
+        },
+        Endpoint {
+            subject: GET,
+            public: true,
+        },
+        Endpoint {
+            subject: CANCEL,
+            public: true,
+        },
+    ],
+    requests: &[user::GET, product::RESERVE],
+    publishes: &[CREATED, PAID, FULFILLED, FAILED, CANCELLED],
+    listens: &[
+        Listener {
+            handler: "mark_paid",
+            subject: payment::SUCCEEDED,
+        },
+        Listener {
+            handler: "mark_failed",
+            subject: payment::FAILED,
+        },
+        Listener {
+            handler: "mark_fulfilled",
+            subject: product::STOCK_UPDATED,
+        },
+    ],
+};
+
+id_type!(
+    /// Identifies an order.
+    OrderId
+);
+
+/// Where an order is in its life (the rules of which change is allowed
+/// belong to the order module).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    /// Stock reserved, waiting for the payment.
+    Pending,
+    /// Paid, stock not yet committed.
+    Paid,
+    /// Paid and its stock committed: done.
+    Fulfilled,
+    /// Payment declined; the reservation was released.
+    Failed,
+    /// Cancelled while pending; the reservation was released.
+    Cancelled,
+}
+
+impl fmt::Display for OrderStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = match self {
+            OrderStatus::Pending => "pending",
+            OrderStatus::Paid => "paid",
+            OrderStatus::Fulfilled => "fulfilled",
+            OrderStatus::Failed => "failed",
+            OrderStatus::Cancelled => "cancelled",
+        };
+        f.write_str(text)
+    }
+}
+
+/// An order, as replied by `order.create` / `order.get` / `order.cancel`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Order {
+    pub id: OrderId,
+    pub user_id: UserId,
+    pub product_id: ProductId,
+    pub quantity: Quantity,
+    pub status: OrderStatus,
+}
+
+/// `order.create {"user_id","product_id","quantity"}` -> [`Order`] (`pending`).
+///
+/// Refused with `404 user_not_found`, `404 product_not_found` or
+/// `409 insufficient_stock`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PlaceOrder {
+    pub user_id: UserId,
+    pub product_id: ProductId,
+    pub quantity: Quantity,
+}
+impl Rpc for PlaceOrder {
+    const SUBJECT: &'static str = CREATE;
+    const ERRORS: &'static [ErrorCode] = &[USER_NOT_FOUND, PRODUCT_NOT_FOUND, INSUFFICIENT_STOCK];
+    type Reply = Order;
+}
+
+/// `order.get {"id"}` -> [`Order`], or `404 not_found`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct GetOrder {
+    pub id: OrderId,
+}
+impl Rpc for GetOrder {
+    const SUBJECT: &'static str = GET;
+    const ERRORS: &'static [ErrorCode] = &[NOT_FOUND];
+    type Reply = Order;
+}
+
+/// `order.cancel {"id"}` -> [`Order`] (`cancelled`); only a pending order can
+/// be cancelled (`409 invalid_transition` otherwise).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CancelOrder {
+    pub id: OrderId,
+}
+impl Rpc for CancelOrder {
+    const SUBJECT: &'static str = CANCEL;
+    const ERRORS: &'static [ErrorCode] = &[NOT_FOUND, INVALID_TRANSITION];
+    type Reply = Order;
+}
+
+/// `events.order.created`: an order was placed and awaits payment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OrderCreated {
+    pub order: Order,
+}
+impl Event for OrderCreated {
+    const SUBJECT: &'static str = CREATED;
+}
+
+/// `events.order.paid`: an order moved `pending -> paid`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OrderPaid {
+    pub order: Order,
+}
+impl Event for OrderPaid {
+    const SUBJECT: &'static str = PAID;
+}
+
+/// `events.order.fulfilled`: an order moved `paid -> fulfilled` (stock committed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OrderFulfilled {
+    pub order: Order,
+}
+impl Event for OrderFulfilled {
+    const SUBJECT: &'static str = FULFILLED;
+}
+
+/// `events.order.failed`: an order moved `pending -> failed` (payment declined).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OrderFailed {
+    pub order: Order,
+    pub reason: String,
+}
+impl Event for OrderFailed {
+    const SUBJECT: &'static str = FAILED;
+}
+
+/// `events.order.cancelled`: an order moved `pending -> cancelled`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OrderCancelled {
+    pub order: Order,
+}
+impl Event for OrderCancelled {
+    const SUBJECT: &'static str = CANCELLED;
+}
