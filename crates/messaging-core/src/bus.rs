@@ -18,6 +18,11 @@ use crate::message::{Event, Rpc};
 /// Header carrying the id that ties together every message of one flow.
 pub const CORRELATION_ID: &str = "Correlation-Id";
 
+/// Header naming the module that published an event (events published by a
+/// module's bus carry it): for operators and tests reading the stream. Any
+/// client can set it, so it is information, not authentication.
+pub const PUBLISHED_BY: &str = "Published-By";
+
 /// How long a request waits for its reply unless told otherwise.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -233,6 +238,9 @@ impl Bus {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", meta.event_id.to_string().as_str());
         headers.insert(CORRELATION_ID, meta.correlation_id.to_string().as_str());
+        if let Some(module) = self.inner.declaration {
+            headers.insert(PUBLISHED_BY, module.name);
+        }
         let ack = self
             .inner
             .jetstream

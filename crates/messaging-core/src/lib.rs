@@ -34,6 +34,7 @@ mod supervisor;
 
 pub use bus::{
     Bus, Connection, Published, WatchSetupError, CORRELATION_ID, DEFAULT_REQUEST_TIMEOUT,
+    PUBLISHED_BY,
 };
 pub use consumer::ConsumerOptions;
 pub use context::Context;
