@@ -137,9 +137,12 @@ mod tests {
 
     #[test]
     fn bad_names_and_twice_declared_handlers_are_found() {
-        let listener = PROBE.listens[0];
+        const COUNT: Listener = Listener {
+            handler: "count_ticks",
+            subject: "events.probe.tick",
+        };
         let twice = Declaration {
-            listens: &[listener, listener],
+            listens: &[COUNT, COUNT],
             ..PROBE
         };
         assert!(twice.check().unwrap_err().contains("declared twice"));

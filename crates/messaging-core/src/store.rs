@@ -367,9 +367,14 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
                 None => self.get(key).await?,
             };
             // A cached value may be stale: only a successful write proves
-            // it was current, so decisions that write nothing are made on
-            // fresh reads.
-            let change = decide(current.as_ref().map(|c| &c.value))?;
+            // it was current, so decisions that write nothing (keeping the
+            // value, or refusing the change) are made again on a fresh read
+            // before they are returned. Another instance may have released
+            // the stock or advanced the order that this cache says is not.
+            let change = match decide(current.as_ref().map(|c| &c.value)) {
+                Err(_) if from_cache => continue,
+                decided => decided?,
+            };
             let (value, result) = match change {
                 Change::Keep(_) if from_cache => continue,
                 Change::Keep(result) => return Ok(result),
@@ -476,5 +481,24 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(seen, 3);
+
+        // A refusal is made on a fresh read too: a says "no" to an odd value
+        // it has cached, but b made it even meanwhile.
+        a.modify::<(), StoreError>("n", |n| Ok(Change::Write(n.unwrap() + 2, ())))
+            .await
+            .unwrap(); // a caches 5
+        b.modify::<(), StoreError>("n", |n| Ok(Change::Write(n.unwrap() + 1, ())))
+            .await
+            .unwrap(); // 6
+        let even_only = |n: Option<&u32>| match n {
+            Some(n) if n % 2 == 0 => Ok(Change::Keep(*n)),
+            _ => Err(StoreError::Conflict("odd".into())),
+        };
+        assert_eq!(a.modify("n", even_only).await.unwrap(), 6);
+        // And a refusal on a fresh value stands.
+        a.modify::<(), StoreError>("n", |n| Ok(Change::Write(n.unwrap() + 1, ())))
+            .await
+            .unwrap(); // 7, fresh in a's cache: refused without a retry loop
+        assert!(a.modify("n", even_only).await.is_err());
     }
 }

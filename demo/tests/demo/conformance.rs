@@ -58,14 +58,20 @@ async fn every_stored_event_is_declared_by_the_module_that_published_it() {
         .handled(contract::order::FULFILLED, 1, WAIT)
         .await
         .expect("shipping sees the fulfilment");
-    let shipment = system.bus().request(&GetShipment { order_id: paid.id }).await;
+    let shipment = system
+        .bus()
+        .request(&GetShipment { order_id: paid.id })
+        .await;
     assert_eq!(shipment.unwrap().order_id, paid.id);
     system
         .module("order")
         .handled(contract::payment::FAILED, 1, WAIT)
         .await
         .expect("the order module sees the declined payment");
-    assert_eq!(system.get_order(declined.id).await.status, OrderStatus::Failed);
+    assert_eq!(
+        system.get_order(declined.id).await.status,
+        OrderStatus::Failed
+    );
 
     // Read back everything the stream stored.
     let stream = system
@@ -109,7 +115,10 @@ async fn every_stored_event_is_declared_by_the_module_that_published_it() {
         contract::order::FULFILLED,
         contract::shipping::DISPATCHED,
     ] {
-        assert!(seen.contains(subject), "{subject} never published: {seen:?}");
+        assert!(
+            seen.contains(subject),
+            "{subject} never published: {seen:?}"
+        );
     }
     system.shutdown().await;
 }

@@ -102,7 +102,9 @@ async fn pending_orders_and_unprocessed_events_resume_after_a_restart() {
     for _ in 0..5 {
         ids.push(system.place(&user, &product, 2).await.unwrap().id);
     }
-    let crate::support::System { broker, modules } = system;
+    let crate::support::System {
+        broker, modules, ..
+    } = system;
     shutdown_all(modules).await;
 
     // Second run on the same broker and store: everything comes back.

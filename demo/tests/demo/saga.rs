@@ -19,11 +19,24 @@ use rand::{Rng, SeedableRng};
 use testkit::expect_refusal;
 use uuid::Uuid;
 
-use crate::support::{instant_payments, spawn_system, WAIT};
+use crate::support::{instant_payments, spawn_instances, spawn_system, WAIT};
 
 #[tokio::test]
 async fn five_hundred_concurrent_orders_never_oversell_a_stock_of_one_hundred() {
-    let system = spawn_system(Some(instant_payments())).await;
+    five_hundred_orders_on_a_stock_of_one_hundred(1).await;
+}
+
+/// Several instances of every module decide on shared state: none may
+/// decide on a stale copy of it (a false `insufficient_stock`, an order
+/// left `paid`).
+#[tokio::test]
+async fn two_and_three_instances_never_oversell_nor_refuse_free_stock() {
+    five_hundred_orders_on_a_stock_of_one_hundred(2).await;
+    five_hundred_orders_on_a_stock_of_one_hundred(3).await;
+}
+
+async fn five_hundred_orders_on_a_stock_of_one_hundred(instances: usize) {
+    let system = spawn_instances(instances, instant_payments()).await;
     let user = system.user().await;
     let product = system.product(100).await;
     let mut updates = system.bus().watch::<StockUpdated>().await.unwrap();
@@ -62,7 +75,21 @@ async fn five_hundred_concurrent_orders_never_oversell_a_stock_of_one_hundred() 
     assert!(accepted.iter().all(|o| done.contains(&o.id)));
     let after = system.get_product(&product).await;
     assert_eq!((after.stock, after.available), (0, 0));
+    assert_no_dead_letters(&system).await;
     system.shutdown().await;
+}
+
+async fn assert_no_dead_letters(system: &crate::support::System) {
+    let letters = messaging_core::dead_letter::DeadLetters::open(
+        system.bus().client(),
+        messaging_core::Storage::Durable,
+    )
+    .await
+    .unwrap()
+    .list()
+    .await
+    .unwrap();
+    assert!(letters.is_empty(), "{letters:?}");
 }
 
 #[tokio::test]
@@ -224,21 +251,36 @@ async fn random_interleavings_keep_the_stock_invariants() {
         .unwrap_or_else(rand::random);
     println!("SAGA_SEED={seed}");
     for round in 0..3 {
-        run_round(seed.wrapping_add(round)).await;
+        run_round(seed.wrapping_add(round), 1).await;
     }
 }
 
-async fn run_round(seed: u64) {
+/// The same on two and three full instances of the system.
+#[tokio::test]
+async fn random_interleavings_on_several_instances_keep_the_stock_invariants() {
+    let seed: u64 = std::env::var("SAGA_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("SAGA_SEED={seed}");
+    run_round(seed, 2).await;
+    run_round(seed.wrapping_add(1), 3).await;
+}
+
+async fn run_round(seed: u64, instances: usize) {
     const INITIAL: u32 = 100;
     const ORDERS: usize = 80;
     let mut rng = StdRng::seed_from_u64(seed);
     let system = Arc::new(
-        spawn_system(Some(PaymentConfig {
-            delay: Duration::from_millis(rng.gen_range(0..5)),
-            failure_rate: 0.3,
-            seed: Some(seed),
-            limit: 4,
-        }))
+        spawn_instances(
+            instances,
+            PaymentConfig {
+                delay: Duration::from_millis(rng.gen_range(0..5)),
+                failure_rate: 0.3,
+                seed: Some(seed),
+                limit: 4,
+            },
+        )
         .await,
     );
     let user = system.user().await;
@@ -312,6 +354,7 @@ async fn run_round(seed: u64) {
             fulfilled_quantity += order.quantity.get();
         }
     }
+    assert_no_dead_letters(&system).await;
     let pending_quantity = 0; // every order is terminal now
     let after = system.get_product(&product).await;
     assert_eq!(

@@ -7,7 +7,7 @@ use contract::order::{GetOrder, Order, OrderId, PlaceOrder};
 use contract::product::{CreateProduct, GetProduct, Product};
 use contract::user::{CreateUser, User};
 use contract::values::{Name, Quantity};
-use messaging_core::{shutdown_all, Bus, ModuleHandle, RequestError, Storage};
+use messaging_core::{shutdown_all, Bus, Connection, ModuleHandle, RequestError, Storage};
 use payment::PaymentConfig;
 use testkit::{spawn_broker, TestBroker};
 
@@ -16,6 +16,9 @@ pub const WAIT: Duration = Duration::from_secs(30);
 pub struct System {
     pub broker: TestBroker,
     pub modules: Vec<ModuleHandle>,
+    /// More instances of every module, each on its own connection, as
+    /// other processes would be (see [`spawn_instances`]).
+    pub others: Vec<(Connection, Vec<ModuleHandle>)>,
 }
 
 /// Starts a broker with user, product and order, and the payment module if
@@ -33,7 +36,28 @@ pub async fn spawn_system(payment: Option<PaymentConfig>) -> System {
             order::register(client.clone()).await.unwrap(),
         ],
     };
-    System { broker, modules }
+    System {
+        broker,
+        modules,
+        others: Vec::new(),
+    }
+}
+
+/// `instances` full copies of the system on one broker, each on its own
+/// connection: requests are shared through the service queue groups,
+/// events through the shared durable consumers, state through
+/// compare-and-set.
+pub async fn spawn_instances(instances: usize, payment: PaymentConfig) -> System {
+    let mut system = spawn_system(Some(payment.clone())).await;
+    for n in 1..instances {
+        let connection = system.broker.connect(&format!("instance-{n}")).await;
+        let modules =
+            demo::app::register_modules(connection.client(), payment.clone(), Storage::Durable)
+                .await
+                .unwrap();
+        system.others.push((connection, modules));
+    }
+    system
 }
 
 /// Instant payments that always succeed.
@@ -100,7 +124,16 @@ impl System {
     }
 
     pub async fn shutdown(self) {
-        shutdown_all(self.modules).await;
+        let mut modules = self.modules;
+        let mut connections = Vec::new();
+        for (connection, more) in self.others {
+            modules.extend(more);
+            connections.push(connection);
+        }
+        shutdown_all(modules).await;
+        for connection in connections {
+            connection.drain(WAIT).await.unwrap();
+        }
         self.broker.shutdown().await;
     }
 }

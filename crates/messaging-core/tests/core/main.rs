@@ -1,4 +1,5 @@
 //! Integration tests of messaging-core, each against its own real nats-server.
 
+mod declarations;
 mod durability;
 mod serving;
