@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 
-use crate::{arch, cargo, nats, tests};
+use crate::{arch, cargo, docs, nats, tests};
 
 /// One cargo invocation of the CI sequence.
 struct Step {
@@ -11,7 +11,7 @@ struct Step {
     env: &'static [(&'static str, &'static str)],
 }
 
-/// The cargo steps after the architecture check. Cheap checks come first so a
+/// The cargo steps after the architecture and docs checks. Cheap checks come first so a
 /// formatting slip fails in seconds, not after a full test build.
 const CARGO_STEPS: &[Step] = &[
     Step {
@@ -61,6 +61,11 @@ pub fn run() -> Result<()> {
 
     announce("architecture check");
     arch::run(&cargo).context("xtask ci: step `architecture check` failed")?;
+
+    // Before the cargo steps: a stale doc is as quick to find as a
+    // formatting slip, and the message says how to fix it.
+    announce("docs --check");
+    docs::run(docs::Mode::Check).context("xtask ci: step `docs --check` failed")?;
 
     let mut totals: Option<tests::Totals> = None;
     for Step { args, env } in CARGO_STEPS {

@@ -22,8 +22,11 @@ Tasks:
   setup            find or install nats-server >= 2.14.0 and print its path and version
   demo [ARGS...]   run the demo against that server: cargo run -p demo -- ARGS...
   bench [ARGS...]  run the benchmarks in release mode: cargo run --release -p bench -- ARGS...
-  arch             check that module crates depend on messaging-core and never on each other
-  ci               setup, arch, fmt --check, clippy -D warnings, test, doc -D warnings
+  arch             check the crate graph: each module of contract::MODULES depends on
+                   messaging-core and contract, never on another module
+  docs [--check]   generate docs/asyncapi.yaml, docs/permissions.md and the README/ARCHITECTURE
+                   blocks from the contract; --check fails if a committed file differs
+  ci               setup, arch, docs --check, fmt --check, clippy -D warnings, test, doc -D warnings
   help             print this message
 ";
 
@@ -60,6 +63,19 @@ fn main() -> ExitCode {
         }),
         Some("arch") => arch::run(&cargo::Cargo::plain()).map(|()| ExitCode::SUCCESS),
         Some("ci") => ci::run().map(|()| ExitCode::SUCCESS),
+        Some("docs") => match rest.as_slice() {
+            [] => docs::run(docs::Mode::Write),
+            [flag] if flag == "--check" => docs::run(docs::Mode::Check),
+            _ => {
+                eprintln!(
+                    "error: task `docs` takes only `--check` (got: {})\n",
+                    rest.join(" ")
+                );
+                eprint!("{USAGE}");
+                return ExitCode::from(USAGE_ERROR);
+            }
+        }
+        .map(|()| ExitCode::SUCCESS),
         Some("demo") => demo::run(&rest),
         Some("bench") => bench::run(&rest),
         Some(unknown) => {

@@ -274,13 +274,13 @@ impl Bus {
             subject: E::SUBJECT,
             reason: err,
         };
-        crate::events::ensure_stream(&self.inner.jetstream)
-            .await
-            .map_err(|e| setup(e.to_string()))?;
+        // Created with the default limits if nobody made it yet; never
+        // updated from here, so a watcher cannot undo a module's limits.
+        let config = crate::events::stream_config(&crate::Limits::default());
         let stream = self
             .inner
             .jetstream
-            .get_stream(crate::events::EVENTS_STREAM)
+            .get_or_create_stream(config)
             .await
             .map_err(|e| setup(e.to_string()))?;
         let consumer = stream

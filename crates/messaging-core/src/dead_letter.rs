@@ -73,8 +73,10 @@ impl DeadLetter {
 pub enum DeadLetterError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("no dead letter {0}")]
+    #[error("no dead letter {0:?}")]
     Unknown(String),
+    #[error("dead letter {0} is being retried by someone else (published once)")]
+    AlreadyRetried(String),
     #[error("event {sequence} is no longer in the stream: {reason}")]
     Gone { sequence: u64, reason: String },
     #[error("re-publishing failed: {0}")]
@@ -89,9 +91,20 @@ pub struct DeadLetters {
 }
 
 impl DeadLetters {
+    /// Opens the dead letters with the default [`crate::Limits`].
     pub async fn open(client: &async_nats::Client, storage: Storage) -> Result<Self, StoreError> {
+        let max_bytes = crate::Limits::default().bucket_max_bytes;
+        Self::open_with(client, storage, max_bytes).await
+    }
+
+    /// Opens the dead letters in a bucket of at most `max_bytes`.
+    pub async fn open_with(
+        client: &async_nats::Client,
+        storage: Storage,
+        max_bytes: i64,
+    ) -> Result<Self, StoreError> {
         Ok(Self {
-            table: Table::open(client, storage, DEAD_LETTER_BUCKET, None).await?,
+            table: Table::open(client, storage, DEAD_LETTER_BUCKET, None, max_bytes).await?,
             jetstream: jetstream::new(client.clone()),
         })
     }
@@ -118,26 +131,40 @@ impl DeadLetters {
         }
     }
 
-    /// Every dead letter, oldest event first.
+    /// Every dead letter, oldest event first (read in one pass, so tens of
+    /// thousands list in well under a second).
     pub async fn list(&self) -> Result<Vec<DeadLetter>, StoreError> {
-        let mut letters = Vec::new();
-        for key in self.table.keys().await? {
-            if let Some(letter) = self.table.get(&key).await? {
-                letters.push(letter.value);
-            }
-        }
-        letters.sort_by_key(|l| (l.stream_sequence, l.consumer.clone()));
+        let mut letters: Vec<DeadLetter> = self
+            .table
+            .values()
+            .await?
+            .into_iter()
+            .map(|(_, letter)| letter)
+            .collect();
+        letters.sort_by(|a, b| {
+            (a.stream_sequence, &a.consumer).cmp(&(b.stream_sequence, &b.consumer))
+        });
         Ok(letters)
     }
 
     /// Publishes the event of dead letter `id` again and forgets the letter.
+    ///
+    /// Exactly once, even when two operators retry the same letter at the
+    /// same moment: the re-publish's `Nats-Msg-Id` is derived from the
+    /// letter's id and revision, so the stream stores one of them; and the
+    /// letter is forgotten only at the revision that was retried.
     pub async fn retry(&self, id: &str) -> Result<DeadLetter, DeadLetterError> {
-        let letter = self
+        // Anything that is not `<consumer>.<sequence>` cannot be a letter:
+        // say so plainly, without asking the store.
+        if !is_letter_id(id) {
+            return Err(DeadLetterError::Unknown(crate::error::header_safe(id)));
+        }
+        let stored = self
             .table
             .get(id)
             .await?
-            .ok_or_else(|| DeadLetterError::Unknown(id.to_owned()))?
-            .value;
+            .ok_or_else(|| DeadLetterError::Unknown(id.to_owned()))?;
+        let (letter, revision) = (stored.value, stored.revision);
         let gone = |reason: String| DeadLetterError::Gone {
             sequence: letter.stream_sequence,
             reason,
@@ -152,9 +179,10 @@ impl DeadLetters {
             .await
             .map_err(|e| gone(e.to_string()))?;
         let mut headers = original.headers.clone();
-        let retry_id = format!("{}:retry:{}", letter.id, uuid::Uuid::new_v4());
+        let retry_id = format!("{}:retry:{revision}", letter.id);
         headers.insert("Nats-Msg-Id", retry_id.as_str());
-        self.jetstream
+        let ack = self
+            .jetstream
             .publish_with_headers(
                 original.subject.to_string(),
                 headers,
@@ -164,10 +192,32 @@ impl DeadLetters {
             .map_err(|e| DeadLetterError::Publish(e.to_string()))?
             .await
             .map_err(|e| DeadLetterError::Publish(e.to_string()))?;
-        self.table.delete(id).await?;
-        tracing::info!(id, subject = %letter.subject, "dead letter re-published");
+        // Whoever forgets the letter is the one retry that succeeded; the
+        // event itself was stored once whichever it was (`ack.duplicate`
+        // tells the others, or a retry after a crash between the two steps).
+        if !self.table.delete_at(id, revision).await? {
+            return Err(DeadLetterError::AlreadyRetried(id.to_owned()));
+        }
+        tracing::info!(id, subject = %letter.subject, duplicate = ack.duplicate, "dead letter re-published");
         Ok(letter)
     }
+}
+
+/// Longest dead letter id accepted: a consumer name and a sequence number.
+const MAX_ID_LEN: usize = 256;
+
+/// Whether `id` has the shape of a dead letter id, `<consumer>.<sequence>`.
+fn is_letter_id(id: &str) -> bool {
+    let Some((consumer, sequence)) = id.rsplit_once('.') else {
+        return false;
+    };
+    id.len() <= MAX_ID_LEN
+        && !consumer.is_empty()
+        && consumer
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && !sequence.is_empty()
+        && sequence.chars().all(|c| c.is_ascii_digit())
 }
 
 /// The fields we use of the server's max-deliveries advisory.
@@ -181,4 +231,19 @@ pub(crate) struct MaxDeliveriesAdvisory {
 /// The advisory subject for one consumer of the event stream.
 pub(crate) fn max_deliveries_subject(consumer: &str) -> String {
     format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{EVENTS_STREAM}.{consumer}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_letter_id;
+
+    #[test]
+    fn only_consumer_dot_sequence_is_a_letter_id() {
+        assert!(is_letter_id("payment_take_payment.42"));
+        assert!(is_letter_id("a-b_c.1"));
+        for bad in ["*", ">", "a b", "a.b", ".1", "a.", "a.1 ", "a\n.1", "a.*"] {
+            assert!(!is_letter_id(bad), "{bad:?}");
+        }
+        assert!(!is_letter_id(&format!("{}.1", "x".repeat(5000))));
+    }
 }

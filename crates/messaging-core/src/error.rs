@@ -209,10 +209,17 @@ impl RequestError {
 }
 
 impl From<PublishError> for ServiceError {
-    /// The event is not stored yet: worth retrying (the handler is idempotent
-    /// and the event keeps its id), so `503 unavailable`.
+    /// The stream did not store the event: worth retrying (the handler is
+    /// idempotent and the event keeps its id), so `503 unavailable`. An
+    /// event the module may not publish, or cannot encode, is a bug of the
+    /// module that no retry cures: `500 internal`.
     fn from(err: PublishError) -> Self {
-        ServiceError::unavailable(err.to_string())
+        match err {
+            PublishError::Stream { .. } => ServiceError::unavailable(err.to_string()),
+            PublishError::Undeclared { .. } | PublishError::Encode { .. } => {
+                ServiceError::internal(err.to_string())
+            }
+        }
     }
 }
 
@@ -345,8 +352,15 @@ impl From<PublishError> for EventError {
 }
 
 impl From<RequestError> for EventError {
+    /// A request the module may not make, or cannot encode, is a bug no
+    /// redelivery cures: permanent. The rest reads as its reply would.
     fn from(err: RequestError) -> Self {
-        ServiceError::from(err).into()
+        match err {
+            RequestError::Undeclared { .. }
+            | RequestError::Encode { .. }
+            | RequestError::InvalidKey { .. } => Self::Permanent(err.to_string()),
+            other => ServiceError::from(other).into(),
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::RegisterError;
+use crate::limits::Limits;
 use crate::message::Event;
 
 /// The JetStream stream that stores every domain event (`events.>`).
@@ -25,9 +26,19 @@ pub const EVENTS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// call from every module at every start.
 pub async fn ensure_stream(
     jetstream: &async_nats::jetstream::Context,
+    limits: &Limits,
 ) -> Result<(), RegisterError> {
+    jetstream
+        .create_or_update_stream(stream_config(limits))
+        .await
+        .map_err(|err| RegisterError::Stream(format!("{EVENTS_STREAM}: {err}")))?;
+    Ok(())
+}
+
+/// The event stream's configuration under `limits`.
+pub(crate) fn stream_config(limits: &Limits) -> async_nats::jetstream::stream::Config {
     use async_nats::jetstream::stream;
-    let config = stream::Config {
+    stream::Config {
         name: EVENTS_STREAM.to_owned(),
         description: Some("Domain events of the modular monolith".to_owned()),
         subjects: vec!["events.>".to_owned()],
@@ -35,13 +46,13 @@ pub async fn ensure_stream(
         retention: stream::RetentionPolicy::Limits,
         duplicate_window: DUPLICATE_WINDOW,
         max_age: EVENTS_MAX_AGE,
+        max_bytes: limits.events_max_bytes,
+        max_message_size: limits.event_max_size,
+        // Full means "refuse the new event" (its publisher gets an error and
+        // its client a 503), never "drop an old one nobody handled yet".
+        discard: stream::DiscardPolicy::New,
         ..Default::default()
-    };
-    jetstream
-        .create_or_update_stream(config)
-        .await
-        .map_err(|err| RegisterError::Stream(format!("{EVENTS_STREAM}: {err}")))?;
-    Ok(())
+    }
 }
 
 /// The identity of one published event.

@@ -65,9 +65,14 @@ pub(crate) struct IdempotencyKeys {
 }
 
 impl IdempotencyKeys {
-    pub async fn open(client: &async_nats::Client, storage: Storage) -> Result<Self, StoreError> {
+    pub async fn open(
+        client: &async_nats::Client,
+        storage: Storage,
+        max_bytes: i64,
+    ) -> Result<Self, StoreError> {
+        let window = Some(IDEMPOTENCY_WINDOW);
         Ok(Self {
-            table: Table::open(client, storage, BUCKET, Some(IDEMPOTENCY_WINDOW)).await?,
+            table: Table::open(client, storage, BUCKET, window, max_bytes).await?,
         })
     }
 

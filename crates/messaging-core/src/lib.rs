@@ -26,6 +26,7 @@ mod endpoint;
 mod error;
 mod events;
 mod idempotency;
+mod limits;
 mod message;
 mod module;
 mod stats;
@@ -47,6 +48,7 @@ pub use events::{
     ensure_stream, Delivered, EventMeta, EventStream, WatchError, DUPLICATE_WINDOW, EVENTS_STREAM,
 };
 pub use idempotency::{IDEMPOTENCY_KEY, IDEMPOTENCY_WINDOW};
+pub use limits::Limits;
 pub use message::{ErrorCode, Event, Rpc};
 pub use module::{
     shutdown_all, Module, ModuleHandle, ModuleOptions, Setup, DEFAULT_MAX_IN_FLIGHT,

@@ -57,6 +57,7 @@ use crate::endpoint;
 use crate::error::{EventError, RegisterError, ServiceError};
 use crate::events::ensure_stream;
 use crate::idempotency::IdempotencyKeys;
+use crate::limits::Limits;
 use crate::message::{Event, Rpc};
 use crate::stats::{HandlerSnapshot, HandlerStats};
 use crate::store::{Storage, StoreError, Table};
@@ -82,6 +83,8 @@ pub struct ModuleOptions {
     pub max_in_flight: usize,
     /// How its event consumers deliver, retry and give up.
     pub consumer: ConsumerOptions,
+    /// Size limits of what it stores.
+    pub limits: Limits,
 }
 
 impl Default for ModuleOptions {
@@ -90,6 +93,7 @@ impl Default for ModuleOptions {
             storage: Storage::Durable,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             consumer: ConsumerOptions::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -125,7 +129,9 @@ impl Setup {
     where
         V: serde::Serialize + serde::de::DeserializeOwned + Clone,
     {
-        Table::open(self.bus.client(), self.options.storage, bucket, max_age).await
+        let storage = self.options.storage;
+        let max_bytes = self.options.limits.bucket_max_bytes;
+        Table::open(self.bus.client(), storage, bucket, max_age, max_bytes).await
     }
 
     /// The module's bus, for work before serving (such as a recovery sweep).
@@ -148,8 +154,9 @@ impl Setup {
             bus,
             options,
         } = self;
-        let idempotency = IdempotencyKeys::open(bus.client(), options.storage).await?;
-        let dead_letters = DeadLetters::open(bus.client(), options.storage).await?;
+        let max_bytes = options.limits.bucket_max_bytes;
+        let idempotency = IdempotencyKeys::open(bus.client(), options.storage, max_bytes).await?;
+        let dead_letters = DeadLetters::open_with(bus.client(), options.storage, max_bytes).await?;
         let service = bus
             .client()
             .service_builder()
@@ -195,7 +202,7 @@ pub struct Module<S> {
     declaration: &'static Declaration,
     shared: Arc<Shared<S>>,
     service: Arc<Service>,
-    handlers: Vec<(&'static str, Arc<HandlerStats>)>,
+    handlers: Vec<Tracked>,
     options: ModuleOptions,
 }
 
@@ -212,7 +219,7 @@ impl Module<()> {
         let bus = Bus::new(client)
             .with_request_timeout(PEER_REQUEST_TIMEOUT)
             .bound_to(declaration);
-        ensure_stream(bus.jetstream()).await?;
+        ensure_stream(bus.jetstream(), &options.limits).await?;
         let options = ModuleOptions {
             max_in_flight: options.max_in_flight.max(1),
             ..options
@@ -254,7 +261,7 @@ impl<S: Send + Sync + 'static> Module<S> {
             .endpoint(subject)
             .await
             .map_err(|source| RegisterError::Endpoint { subject, source })?;
-        let stats = self.track(subject);
+        let stats = self.track(subject, subject);
         let (shared, service) = (self.shared.clone(), self.service.clone());
         let (handler, max_in_flight) = (Arc::new(handler), self.options.max_in_flight);
         let mut first = Some(endpoint);
@@ -318,7 +325,7 @@ impl<S: Send + Sync + 'static> Module<S> {
             self.options.consumer,
         )
         .await?;
-        let stats = self.track(subject);
+        let stats = self.track(subject, name);
         self.shared.tracker.spawn(consumer::record_max_deliveries(
             self.shared.clone(),
             subject,
@@ -385,10 +392,32 @@ impl<S: Send + Sync + 'static> Module<S> {
         }
     }
 
-    fn track(&mut self, subject: &'static str) -> Arc<HandlerStats> {
+    fn track(&mut self, subject: &'static str, handler: &'static str) -> Arc<HandlerStats> {
         let stats = Arc::new(HandlerStats::default());
-        self.handlers.push((subject, stats.clone()));
+        self.handlers.push(Tracked {
+            subject,
+            handler,
+            stats: stats.clone(),
+        });
         stats
+    }
+}
+
+/// One endpoint or event handler and its counters.
+struct Tracked {
+    subject: &'static str,
+    handler: &'static str,
+    stats: Arc<HandlerStats>,
+}
+
+impl Tracked {
+    /// Found by its subject (the first handler of it) or by handler name.
+    fn is(&self, key: &str) -> bool {
+        self.handler == key || self.subject == key
+    }
+
+    fn snapshot(&self) -> HandlerSnapshot {
+        self.stats.snapshot(self.subject, self.handler)
     }
 }
 
@@ -400,7 +429,7 @@ pub struct ModuleHandle {
     service: Option<Arc<Service>>,
     tracker: TaskTracker,
     cancel: CancellationToken,
-    handlers: Vec<(&'static str, Arc<HandlerStats>)>,
+    handlers: Vec<Tracked>,
 }
 
 impl ModuleHandle {
@@ -408,34 +437,38 @@ impl ModuleHandle {
         self.name
     }
 
-    /// The counters of the handler for `subject`, if this module has one.
-    pub fn stats(&self, subject: &str) -> Option<HandlerSnapshot> {
-        self.handlers
-            .iter()
-            .find(|(s, _)| *s == subject)
-            .map(|(s, stats)| stats.snapshot(s))
+    /// The counters of the handler called `key` (an event handler's name),
+    /// or else of the first handler of subject `key`.
+    pub fn stats(&self, key: &str) -> Option<HandlerSnapshot> {
+        self.find(key).map(Tracked::snapshot)
     }
 
     /// The counters of every handler of this module.
     pub fn all_stats(&self) -> Vec<HandlerSnapshot> {
-        self.handlers
-            .iter()
-            .map(|(s, stats)| stats.snapshot(s))
-            .collect()
+        self.handlers.iter().map(Tracked::snapshot).collect()
     }
 
-    /// Waits until the counters of the handler for `subject` satisfy
-    /// `condition`, at most `timeout`; `None` on timeout or unknown subject.
+    fn find(&self, key: &str) -> Option<&Tracked> {
+        self.handlers
+            .iter()
+            .find(|t| t.handler == key)
+            .or_else(|| self.handlers.iter().find(|t| t.is(key)))
+    }
+
+    /// Waits until the counters of the handler `key` (as in
+    /// [`ModuleHandle::stats`]) satisfy `condition`, at most `timeout`;
+    /// `None` on timeout or unknown handler.
     ///
     /// Lets a caller know that messages were *handled*, including duplicates
     /// that, by design, have no visible effect.
     pub async fn wait_until(
         &self,
-        subject: &str,
+        key: &str,
         timeout: Duration,
         condition: impl Fn(&HandlerSnapshot) -> bool,
     ) -> Option<HandlerSnapshot> {
-        let (subject, stats) = self.handlers.iter().find(|(s, _)| *s == subject)?;
+        let tracked = self.find(key)?;
+        let stats = &tracked.stats;
         stats
             .waiters
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -453,7 +486,7 @@ impl ModuleHandle {
                 tokio::pin!(changed);
                 // Register before checking, so no change slips in between.
                 changed.as_mut().enable();
-                let snapshot = stats.snapshot(subject);
+                let snapshot = tracked.snapshot();
                 if condition(&snapshot) {
                     return snapshot;
                 }

@@ -25,6 +25,9 @@ pub(crate) struct HandlerStats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HandlerSnapshot {
     pub subject: &'static str,
+    /// The handler's name: its subject for an endpoint, its declared
+    /// handler name (and consumer suffix) for an event handler.
+    pub handler: &'static str,
     /// Handlers running now.
     pub in_flight: usize,
     /// Most handlers ever seen running at the same time.
@@ -50,9 +53,10 @@ impl HandlerStats {
         InFlight(self.clone())
     }
 
-    pub(crate) fn snapshot(&self, subject: &'static str) -> HandlerSnapshot {
+    pub(crate) fn snapshot(&self, subject: &'static str, handler: &'static str) -> HandlerSnapshot {
         HandlerSnapshot {
             subject,
+            handler,
             in_flight: self.in_flight.load(Ordering::SeqCst),
             peak_in_flight: self.peak_in_flight.load(Ordering::SeqCst),
             completed: self.completed.load(Ordering::SeqCst),

@@ -180,12 +180,14 @@ impl Memory {
 impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
     /// Opens (creating it if needed) the bucket `name`.
     ///
-    /// `max_age` bounds how long entries live (`None`: forever).
+    /// `max_age` bounds how long entries live (`None`: forever), `max_bytes`
+    /// how much the bucket holds (a write beyond it fails: `Unavailable`).
     pub async fn open(
         client: &async_nats::Client,
         storage: Storage,
         name: &str,
         max_age: Option<Duration>,
+        max_bytes: i64,
     ) -> Result<Self, StoreError> {
         let backend = match storage {
             Storage::Memory => Backend::Memory(Arc::new(Mutex::new(Memory::with_max_age(max_age)))),
@@ -195,6 +197,7 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
                     bucket: name.to_owned(),
                     history: 1,
                     max_age: max_age.unwrap_or_default(),
+                    max_bytes,
                     storage: jetstream::stream::StorageType::File,
                     ..Default::default()
                 };
@@ -224,12 +227,14 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
     pub async fn get(&self, key: &str) -> Result<Option<Versioned<V>>, StoreError> {
         let raw = match &self.backend {
             Backend::Memory(memory) => memory.lock().expect("table lock").rows.get(key).cloned(),
-            Backend::Kv(store) => store
-                .entry(key)
-                .await
-                .map_err(unavailable)?
-                .filter(|e| e.operation == kv::Operation::Put)
-                .map(|e| (e.value, e.revision)),
+            Backend::Kv(store) => match store.entry(key).await {
+                Ok(entry) => entry
+                    .filter(|e| e.operation == kv::Operation::Put)
+                    .map(|e| (e.value, e.revision)),
+                // A key no bucket can hold (`*`, `>`, a space) is simply not there.
+                Err(err) if err.kind() == kv::EntryErrorKind::InvalidKey => None,
+                Err(err) => return Err(unavailable(err)),
+            },
         };
         raw.map(|(bytes, revision)| {
             let value = serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
@@ -338,6 +343,68 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
                 .collect()),
             Backend::Kv(store) => match store.keys().await {
                 Ok(keys) => keys.try_collect().await.map_err(unavailable),
+                Err(err) => Err(unavailable(err)),
+            },
+        }
+    }
+
+    /// Every live value with its key, read in one pass (for a bucket: one
+    /// ordered consumer over the last value of each key, not a read per key).
+    pub async fn values(&self) -> Result<Vec<(String, V)>, StoreError> {
+        let decode = |key: String, bytes: &[u8]| {
+            serde_json::from_slice(bytes)
+                .map(|value| (key.clone(), value))
+                .map_err(|source| StoreError::Corrupt { key, source })
+        };
+        let store = match &self.backend {
+            Backend::Memory(memory) => {
+                let memory = memory.lock().expect("table lock");
+                return memory
+                    .rows
+                    .iter()
+                    .map(|(key, (bytes, _))| decode(key.clone(), bytes))
+                    .collect();
+            }
+            Backend::Kv(store) => store,
+        };
+        // Nothing stored means nothing will be delivered: ask first rather
+        // than wait on a watch that stays silent.
+        let info = store.stream.get_info().await.map_err(unavailable)?;
+        if info.state.messages == 0 {
+            return Ok(Vec::new());
+        }
+        let mut entries = store.watch_with_history(">").await.map_err(unavailable)?;
+        let mut values = Vec::new();
+        while let Some(entry) = entries.try_next().await.map_err(unavailable)? {
+            if entry.operation == kv::Operation::Put {
+                values.push(decode(entry.key, &entry.value)?);
+            }
+            // `delta` counts what is still pending: the last one is 0.
+            if entry.delta == 0 {
+                break;
+            }
+        }
+        Ok(values)
+    }
+
+    /// Deletes `key` only if it is still at `revision`; `false` if it changed
+    /// (or is gone) meanwhile.
+    pub async fn delete_at(&self, key: &str, revision: u64) -> Result<bool, StoreError> {
+        self.cache.lock().expect("cache lock").pop(key);
+        match &self.backend {
+            Backend::Memory(memory) => {
+                let mut memory = memory.lock().expect("table lock");
+                match memory.rows.get(key) {
+                    Some((_, current)) if *current == revision => {
+                        memory.rows.remove(key);
+                        Ok(true)
+                    }
+                    _ => Ok(false),
+                }
+            }
+            Backend::Kv(store) => match store.delete_expect_revision(key, Some(revision)).await {
+                Ok(()) => Ok(true),
+                Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
                 Err(err) => Err(unavailable(err)),
             },
         }

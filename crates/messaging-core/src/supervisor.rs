@@ -91,7 +91,7 @@ mod tests {
         })
         .await;
         assert_eq!(runs.load(Ordering::SeqCst), 3);
-        assert_eq!(stats.snapshot("probe").restarts, 2);
+        assert_eq!(stats.snapshot("probe", "probe").restarts, 2);
     }
 
     #[tokio::test]
@@ -108,6 +108,6 @@ mod tests {
         })
         .await;
         assert_eq!(attempts.load(Ordering::SeqCst), 2);
-        assert_eq!(stats.snapshot("probe").restarts, 0);
+        assert_eq!(stats.snapshot("probe", "probe").restarts, 0);
     }
 }

@@ -35,7 +35,13 @@ const SERVICE_ERROR: &str = "ServiceError";
 pub fn channel_id(subject: &str) -> String {
     subject
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -193,14 +199,22 @@ impl Builder {
     }
 
     /// A message component for a payload from the contract.
-    fn payload_message(&mut self, name: &str, schema: &serde_json::Value, headers: Option<&str>) -> Result<String> {
+    fn payload_message(
+        &mut self,
+        name: &str,
+        schema: &serde_json::Value,
+        headers: Option<&str>,
+    ) -> Result<String> {
         let payload = self.schemas.add_root(name, schema)?;
         let mut message = Map::new().with("name", name).with("title", name);
         if let Some(description) = schema["description"].as_str() {
             message.insert("description", description);
         }
         if let Some(headers) = headers {
-            message.insert("headers", reference(&format!("{}{headers}", schema::COMPONENTS)));
+            message.insert(
+                "headers",
+                reference(&format!("{}{headers}", schema::COMPONENTS)),
+            );
         }
         message.insert("payload", reference(&payload));
         self.message(name, message)
@@ -271,7 +285,10 @@ impl Builder {
                 "description",
                 "A refused request: an empty body, the status and the code in the headers.",
             )
-            .with("headers", reference(&format!("{}{headers}", schema::COMPONENTS)));
+            .with(
+                "headers",
+                reference(&format!("{}{headers}", schema::COMPONENTS)),
+            );
         self.message(SERVICE_ERROR, message)?;
         Ok(())
     }
@@ -298,7 +315,11 @@ impl Builder {
         let server = system.server(subject);
         let requesters = system.requesters(subject);
         let names = |modules: &[&Declaration]| -> String {
-            modules.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")
+            modules
+                .iter()
+                .map(|m| m.name)
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         let description = match server {
             Some((module, true)) => format!("A request served by **{}**; public: clients may send it.", module.name),
@@ -315,7 +336,10 @@ impl Builder {
                 .with("address", subject)
                 .with("title", subject)
                 .with("description", description)
-                .with("messages", Map::new().with(message.type_name, reference(&request))),
+                .with(
+                    "messages",
+                    Map::new().with(message.type_name, reference(&request)),
+                ),
         )?;
         self.channel(
             &reply_id,
@@ -326,7 +350,7 @@ impl Builder {
                     "description",
                     format!(
                         "The reply to `{subject}`, sent to the request's reply subject (the \
-                         requester's inbox, `_INBOX.…`): a `{reply_type}`, or an error reply."
+                         requester's inbox, `_INBOX.…`): `{reply_type}` on success, or an error reply."
                     ),
                 )
                 .with(
@@ -340,17 +364,29 @@ impl Builder {
         let all = all_errors(errors);
         let errors_yaml: Vec<Value> = all
             .iter()
-            .map(|e| Map::new().with("status", e.status).with("code", e.code).into())
+            .map(|e| {
+                Map::new()
+                    .with("status", e.status)
+                    .with("code", e.code)
+                    .into()
+            })
             .collect();
         let errors_text = {
-            let own: Vec<String> = errors.iter().map(|e| format!("`{} {}`", e.status, e.code)).collect();
+            let own: Vec<String> = errors
+                .iter()
+                .map(|e| format!("`{} {}`", e.status, e.code))
+                .collect();
             let common: Vec<String> = ErrorCode::COMMON
                 .iter()
                 .map(|e| format!("`{} {}`", e.status, e.code))
                 .collect();
-            let own = if own.is_empty() { "none of its own".to_owned() } else { own.join(", ") };
+            let own = if own.is_empty() {
+                "none of its own".to_owned()
+            } else {
+                own.join(", ")
+            };
             format!(
-                "Replies a `{reply_type}`, or an error (status code): {own}; and, like every request, {}.",
+                "Replies `{reply_type}` on success, or an error (status code): {own}; and, like every request, {}.",
                 common.join(", ")
             )
         };
@@ -363,7 +399,10 @@ impl Builder {
                 .with("tags", vec![module_tag(module, false)])
                 .with(
                     "messages",
-                    vec![reference(&format!("#/channels/{id}/messages/{}", message.type_name))],
+                    vec![reference(&format!(
+                        "#/channels/{id}/messages/{}",
+                        message.type_name
+                    ))],
                 )
                 .with(
                     "reply",
@@ -373,28 +412,38 @@ impl Builder {
                             "messages",
                             vec![
                                 reference(&format!("#/channels/{reply_id}/messages/{reply_type}")),
-                                reference(&format!("#/channels/{reply_id}/messages/{SERVICE_ERROR}")),
+                                reference(&format!(
+                                    "#/channels/{reply_id}/messages/{SERVICE_ERROR}"
+                                )),
                             ],
                         ),
                 )
                 .with("x-errors", errors_yaml.clone())
         };
         if let Some((module, public)) = server {
-            let serve = operation("receive", module, format!("{} serves {subject}", module.name))
-                .with(
-                    "bindings",
-                    Map::new().with(
-                        "nats",
-                        Map::new()
-                            .with("queue", QUEUE_GROUP)
-                            .with("bindingVersion", "0.1.0"),
-                    ),
-                )
-                .with("x-public", public);
+            let serve = operation(
+                "receive",
+                module,
+                format!("{} serves {subject}", module.name),
+            )
+            .with(
+                "bindings",
+                Map::new().with(
+                    "nats",
+                    Map::new()
+                        .with("queue", QUEUE_GROUP)
+                        .with("bindingVersion", "0.1.0"),
+                ),
+            )
+            .with("x-public", public);
             self.operation(&format!("{}_serve_{id}", module.name), serve)?;
         }
         for module in requesters {
-            let send = operation("send", module, format!("{} requests {subject}", module.name));
+            let send = operation(
+                "send",
+                module,
+                format!("{} requests {subject}", module.name),
+            );
             self.operation(&format!("{}_request_{id}", module.name), send)?;
         }
         Ok(())
@@ -411,7 +460,10 @@ impl Builder {
         if let Some(description) = on_wire["description"].as_str() {
             component.insert("description", description);
         }
-        component.insert("headers", reference(&format!("{}EventHeaders", schema::COMPONENTS)));
+        component.insert(
+            "headers",
+            reference(&format!("{}EventHeaders", schema::COMPONENTS)),
+        );
         component.insert("payload", reference(&payload));
         component.insert(
             "correlationId",
@@ -440,12 +492,20 @@ impl Builder {
                 .with("title", subject)
                 .with(
                     "description",
-                    format!("An event published by {by}, stored in the stream `{STREAM}`; {heard_by}."),
+                    format!(
+                        "An event published by {by}, stored in the stream `{STREAM}`; {heard_by}."
+                    ),
                 )
-                .with("messages", Map::new().with(message.type_name, reference(&event))),
+                .with(
+                    "messages",
+                    Map::new().with(message.type_name, reference(&event)),
+                ),
         )?;
 
-        let messages = vec![reference(&format!("#/channels/{id}/messages/{}", message.type_name))];
+        let messages = vec![reference(&format!(
+            "#/channels/{id}/messages/{}",
+            message.type_name
+        ))];
         if let Some(module) = publisher {
             self.operation(
                 &format!("{}_publish_{id}", module.name),
@@ -508,7 +568,10 @@ mod tests {
 
     #[test]
     fn channel_ids_need_no_escaping() {
-        assert_eq!(channel_id("events.product.stock.updated"), "events_product_stock_updated");
+        assert_eq!(
+            channel_id("events.product.stock.updated"),
+            "events_product_stock_updated"
+        );
         assert_eq!(channel_id("a-b/c~d"), "a_b_c_d");
     }
 
@@ -518,8 +581,14 @@ mod tests {
         let serve = &doc["operations"]["shop_serve_shop_buy"];
         assert_eq!(serve["action"], "receive");
         assert_eq!(serve["bindings"]["nats"]["queue"], "q");
-        assert_eq!(serve["reply"]["channel"]["$ref"], "#/channels/shop_buy_reply");
-        assert_eq!(doc["channels"]["shop_buy_reply"]["address"], serde_json::Value::Null);
+        assert_eq!(
+            serve["reply"]["channel"]["$ref"],
+            "#/channels/shop_buy_reply"
+        );
+        assert_eq!(
+            doc["channels"]["shop_buy_reply"]["address"],
+            serde_json::Value::Null
+        );
         let codes: Vec<&str> = serve["x-errors"]
             .as_array()
             .unwrap()
@@ -528,21 +597,40 @@ mod tests {
             .collect();
         assert_eq!(
             codes,
-            ["out_of_stock", "bad_request", "request_in_progress", "idempotency_key_reused", "internal", "unavailable"]
+            [
+                "out_of_stock",
+                "bad_request",
+                "request_in_progress",
+                "idempotency_key_reused",
+                "internal",
+                "unavailable"
+            ]
         );
-        assert_eq!(doc["operations"]["shop_request_stock_take"]["action"], "send");
-        assert_eq!(doc["operations"]["stock_serve_stock_take"]["x-public"], false);
+        assert_eq!(
+            doc["operations"]["shop_request_stock_take"]["action"],
+            "send"
+        );
+        assert_eq!(
+            doc["operations"]["stock_serve_stock_take"]["x-public"],
+            false
+        );
     }
 
     #[test]
     fn events_are_published_and_listened_to_through_named_consumers() {
         let doc = fixture_document();
-        assert_eq!(doc["operations"]["shop_publish_events_shop_sold"]["action"], "send");
+        assert_eq!(
+            doc["operations"]["shop_publish_events_shop_sold"]["action"],
+            "send"
+        );
         let listen = &doc["operations"]["stock_count_sale"];
         assert_eq!(listen["action"], "receive");
         assert_eq!(listen["x-durable-consumer"], "stock_count_sale");
         assert!(listen["title"].as_str().unwrap().contains("count_sale"));
         let sold = &doc["components"]["schemas"]["Sold"];
-        assert_eq!(sold["required"], json!(["thing", "event_id", "correlation_id"]));
+        assert_eq!(
+            sold["required"],
+            json!(["thing", "event_id", "correlation_id"])
+        );
     }
 }

@@ -24,33 +24,51 @@ enum Arrow {
 pub fn render(system: &System) -> String {
     // (from, to, kind) -> subjects, in order of first appearance.
     let mut edges: Vec<(String, String, Arrow, Vec<&str>)> = Vec::new();
-    let mut add = |from: String, to: String, arrow: Arrow, subject: &'static str| {
-        match edges
-            .iter_mut()
-            .find(|(f, t, a, _)| *f == from && *t == to && *a == arrow)
-        {
-            Some((_, _, _, subjects)) => subjects.push(subject),
-            None => edges.push((from, to, arrow, vec![subject])),
-        }
+    let mut add = |from: String, to: String, arrow: Arrow, subject: &'static str| match edges
+        .iter_mut()
+        .find(|(f, t, a, _)| *f == from && *t == to && *a == arrow)
+    {
+        Some((_, _, _, subjects)) => subjects.push(subject),
+        None => edges.push((from, to, arrow, vec![subject])),
     };
     let mut unheard = false;
     for subject in system.subjects() {
         if let Some((server, public)) = system.server(subject) {
             if public {
-                add(CLIENT.to_owned(), node(server.name), Arrow::Request, subject);
+                add(
+                    CLIENT.to_owned(),
+                    node(server.name),
+                    Arrow::Request,
+                    subject,
+                );
             }
             for requester in system.requesters(subject) {
-                add(node(requester.name), node(server.name), Arrow::Request, subject);
+                add(
+                    node(requester.name),
+                    node(server.name),
+                    Arrow::Request,
+                    subject,
+                );
             }
         }
         if let Some(publisher) = system.publisher(subject) {
             let listeners = system.listeners(subject);
             if listeners.is_empty() {
                 unheard = true;
-                add(node(publisher.name), STREAM_NODE.to_owned(), Arrow::Event, subject);
+                add(
+                    node(publisher.name),
+                    STREAM_NODE.to_owned(),
+                    Arrow::Event,
+                    subject,
+                );
             }
             for (listener, _) in listeners {
-                add(node(publisher.name), node(listener.name), Arrow::Event, subject);
+                add(
+                    node(publisher.name),
+                    node(listener.name),
+                    Arrow::Event,
+                    subject,
+                );
             }
         }
     }
@@ -68,7 +86,10 @@ pub fn render(system: &System) -> String {
             Arrow::Request => "-->",
             Arrow::Event => "-.->",
         };
-        chart.push_str(&format!("    {from} {link}|\"{}\"| {to}\n", subjects.join("<br>")));
+        chart.push_str(&format!(
+            "    {from} {link}|\"{}\"| {to}\n",
+            subjects.join("<br>")
+        ));
     }
 
     format!(
@@ -99,11 +120,20 @@ mod tests {
         let flow = render(&fixture::system());
         assert!(flow.contains("```mermaid\nflowchart LR\n"), "{flow}");
         assert!(flow.contains("client -->|\"shop.buy\"| m_shop"), "{flow}");
-        assert!(flow.contains("m_shop -->|\"stock.take\"| m_stock"), "{flow}");
+        assert!(
+            flow.contains("m_shop -->|\"stock.take\"| m_stock"),
+            "{flow}"
+        );
         // Internal: no arrow from the client.
         assert!(!flow.contains("client -->|\"stock.take\""), "{flow}");
-        assert!(flow.contains("m_shop -.->|\"events.shop.sold\"| m_stock"), "{flow}");
-        assert!(flow.contains("m_stock -.->|\"events.stock.low\"| stream"), "{flow}");
+        assert!(
+            flow.contains("m_shop -.->|\"events.shop.sold\"| m_stock"),
+            "{flow}"
+        );
+        assert!(
+            flow.contains("m_stock -.->|\"events.stock.low\"| stream"),
+            "{flow}"
+        );
         assert!(flow.ends_with("```"), "{flow}");
     }
 }

@@ -36,7 +36,10 @@ impl System {
                 .iter()
                 .any(|m| m.subject == message.subject)
             {
-                bail!("subject {} has two messages in the contract", message.subject);
+                bail!(
+                    "subject {} has two messages in the contract",
+                    message.subject
+                );
             }
         }
         for subject in system.subjects() {
@@ -47,13 +50,18 @@ impl System {
                 .modules
                 .iter()
                 .any(|m| m.serves(subject) || m.requests(subject));
-            let as_event = system.modules.iter().any(|m| {
-                m.publishes(subject) || m.listens.iter().any(|l| l.subject == subject)
-            });
+            let as_event = system
+                .modules
+                .iter()
+                .any(|m| m.publishes(subject) || m.listens.iter().any(|l| l.subject == subject));
             if as_request && as_event {
                 bail!("subject {subject} is declared both as a request and as an event");
             }
-            let declared = if as_request { Kind::Request } else { Kind::Event };
+            let declared = if as_request {
+                Kind::Request
+            } else {
+                Kind::Event
+            };
             if kind(message) != declared {
                 bail!(
                     "subject {subject} is declared as {declared:?} but its message {} is not",
@@ -252,20 +260,33 @@ mod tests {
         let system = system();
         assert_eq!(
             system.subjects(),
-            ["shop.buy", "events.shop.sold", "stock.take", "events.stock.low"]
+            [
+                "shop.buy",
+                "events.shop.sold",
+                "stock.take",
+                "events.stock.low"
+            ]
         );
         assert_eq!(system.requests(), ["shop.buy", "stock.take"]);
         assert_eq!(system.events(), ["events.shop.sold", "events.stock.low"]);
-        assert_eq!(system.server("stock.take").map(|(m, p)| (m.name, p)), Some(("stock", false)));
+        assert_eq!(
+            system.server("stock.take").map(|(m, p)| (m.name, p)),
+            Some(("stock", false))
+        );
         assert_eq!(system.requesters("stock.take")[0].name, "shop");
-        assert_eq!(system.listeners("events.shop.sold")[0].1.handler, "count_sale");
+        assert_eq!(
+            system.listeners("events.shop.sold")[0].1.handler,
+            "count_sale"
+        );
     }
 
     #[test]
     fn a_declared_subject_without_a_message_is_an_error() {
         let mut messages = contract::messages();
         messages.retain(|m| m.subject != contract::order::PAID);
-        let err = System::new(contract::MODULES.to_vec(), messages).err().unwrap();
+        let err = System::new(contract::MODULES.to_vec(), messages)
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("events.order.paid"), "{err}");
     }
 

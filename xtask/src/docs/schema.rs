@@ -197,7 +197,10 @@ mod tests {
                 "required": ["id"],
             })
         );
-        assert_eq!(schemas.0["UserId"], json!({ "type": "string", "format": "uuid" }));
+        assert_eq!(
+            schemas.0["UserId"],
+            json!({ "type": "string", "format": "uuid" })
+        );
         assert_eq!(schemas.0.len(), 3);
     }
 
@@ -223,7 +226,10 @@ mod tests {
     #[test]
     fn events_get_the_envelope_fields_as_required_uuids() {
         let event = with_envelope("UserCreated", &user()).unwrap();
-        assert_eq!(event["required"], json!(["id", "event_id", "correlation_id"]));
+        assert_eq!(
+            event["required"],
+            json!(["id", "event_id", "correlation_id"])
+        );
         assert_eq!(event["properties"]["event_id"]["format"], "uuid");
         assert_eq!(event["properties"]["correlation_id"]["type"], "string");
         let clash = json!({ "properties": { "event_id": {} } });

@@ -416,12 +416,24 @@ async fn two_writers_on_one_bucket_lose_no_update() {
     let app = spawn_broker().await;
     // Two tables on the same bucket: two writers as two processes would be
     // (separate local locks and caches), racing with compare-and-set only.
-    let a: Table<u32> = Table::open(app.bus().client(), Storage::Durable, "counter", None)
-        .await
-        .unwrap();
-    let b: Table<u32> = Table::open(app.bus().client(), Storage::Durable, "counter", None)
-        .await
-        .unwrap();
+    let a: Table<u32> = Table::open(
+        app.bus().client(),
+        Storage::Durable,
+        "counter",
+        None,
+        1 << 20,
+    )
+    .await
+    .unwrap();
+    let b: Table<u32> = Table::open(
+        app.bus().client(),
+        Storage::Durable,
+        "counter",
+        None,
+        1 << 20,
+    )
+    .await
+    .unwrap();
     let bump = |table: Table<u32>| async move {
         for _ in 0..40 {
             table
