@@ -84,7 +84,7 @@ pub fn generate(system: &System, read: impl Fn(&str) -> Result<String>) -> Resul
     let spliced = |path: &'static str, blocks: &[(&str, &str)]| -> Result<Output> {
         let mut text = read(path)?;
         for (name, content) in blocks {
-            text = markers::splice(&text, name, content).with_context(|| format!("{path}"))?;
+            text = markers::splice(&text, name, content).context(path)?;
         }
         Ok(Output {
             path,
@@ -113,7 +113,7 @@ pub fn generate(system: &System, read: impl Fn(&str) -> Result<String>) -> Resul
 }
 
 /// The outputs whose file is missing or differs from what was generated.
-pub fn drifted<'a>(outputs: &'a [Output], read: impl Fn(&str) -> Option<String>) -> Vec<&'a str> {
+pub fn drifted(outputs: &[Output], read: impl Fn(&str) -> Option<String>) -> Vec<&str> {
     outputs
         .iter()
         .filter(|output| read(output.path).as_deref() != Some(output.content.as_str()))

@@ -13,7 +13,9 @@ use uuid::Uuid;
 use crate::declaration::Declaration;
 use crate::error::{ConnectError, DrainError, PublishError, RequestError, ServiceError};
 use crate::events::{EventMeta, EventStream, Outgoing};
+use crate::limits::Limits;
 use crate::message::{Event, Rpc};
+use async_nats::jetstream::context::PublishErrorKind;
 
 /// Header carrying the id that ties together every message of one flow.
 pub const CORRELATION_ID: &str = "Correlation-Id";
@@ -41,6 +43,9 @@ struct BusInner {
     request_timeout: Duration,
     /// A module's bus sends only what its declaration says it sends.
     declaration: Option<&'static Declaration>,
+    /// A module's bus recreates the event stream, with these limits, if it
+    /// finds it deleted.
+    limits: Option<Limits>,
 }
 
 /// What the event stream said about a publish.
@@ -61,6 +66,7 @@ impl Bus {
                 client,
                 request_timeout: DEFAULT_REQUEST_TIMEOUT,
                 declaration: None,
+                limits: None,
             }),
         }
     }
@@ -83,20 +89,23 @@ impl Bus {
                 jetstream: self.inner.jetstream.clone(),
                 request_timeout: timeout,
                 declaration: self.inner.declaration,
+                limits: self.inner.limits,
             }),
         }
     }
 
     /// The same bus, held to `declaration`: a request or an event it does
-    /// not declare is refused before anything is sent. Every module's
-    /// handlers use such a bus.
-    pub fn bound_to(self, declaration: &'static Declaration) -> Self {
+    /// not declare is refused before anything is sent; and if the event
+    /// stream is found deleted, it is created again with `limits`. Every
+    /// module's handlers use such a bus.
+    pub fn bound_to(self, declaration: &'static Declaration, limits: Limits) -> Self {
         Self {
             inner: std::sync::Arc::new(BusInner {
                 client: self.inner.client.clone(),
                 jetstream: self.inner.jetstream.clone(),
                 request_timeout: self.inner.request_timeout,
                 declaration: Some(declaration),
+                limits: Some(limits),
             }),
         }
     }
@@ -241,24 +250,51 @@ impl Bus {
         if let Some(module) = self.inner.declaration {
             headers.insert(PUBLISHED_BY, module.name);
         }
-        let ack = self
-            .inner
-            .jetstream
-            .publish_with_headers(subject, headers, payload.into())
-            .await
-            .map_err(|source| PublishError::Stream {
-                subject,
-                reason: source.to_string(),
-            })?
-            .await
-            .map_err(|source| PublishError::Stream {
-                subject,
-                reason: source.to_string(),
-            })?;
+        let payload = bytes::Bytes::from(payload);
+        let ack = match self.store(subject, headers.clone(), payload.clone()).await {
+            // The stream was deleted (an operator, a lost store): a module
+            // knows how it should look, so it sets it up again and retries
+            // once, rather than answer 503 until somebody restarts it.
+            Err(err) if err.kind() == PublishErrorKind::StreamNotFound => {
+                let Some(limits) = self.inner.limits else {
+                    return Err(PublishError::Stream {
+                        subject,
+                        reason: err.to_string(),
+                    });
+                };
+                tracing::warn!(subject, "the event stream is gone; creating it again");
+                crate::events::ensure_stream(&self.inner.jetstream, &limits)
+                    .await
+                    .map_err(|e| PublishError::Stream {
+                        subject,
+                        reason: e.to_string(),
+                    })?;
+                self.store(subject, headers, payload).await
+            }
+            other => other,
+        }
+        .map_err(|source| PublishError::Stream {
+            subject,
+            reason: source.to_string(),
+        })?;
         Ok(Published {
             sequence: ack.sequence,
             duplicate: ack.duplicate,
         })
+    }
+
+    /// Publishes to the stream and waits for its acknowledgement.
+    async fn store(
+        &self,
+        subject: &'static str,
+        headers: HeaderMap,
+        payload: bytes::Bytes,
+    ) -> Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
+        self.inner
+            .jetstream
+            .publish_with_headers(subject, headers, payload)
+            .await?
+            .await
     }
 
     /// Watches the events of one subject stored from now on (every watcher

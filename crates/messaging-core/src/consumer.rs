@@ -127,9 +127,14 @@ pub(crate) async fn consume<E, S, F, Fut>(
         let message = match message {
             Some(Ok(message)) => message,
             Some(Err(err)) => {
-                // Missed heartbeats and the like while the broker is away;
-                // the stream recovers by itself.
-                tracing::warn!(subject, %err, "event consumer interrupted");
+                // Missed heartbeats and the like while the broker is away
+                // recover by themselves; a consumer (or stream) that was
+                // deleted does not: end, and be set up again.
+                if consumer_is_gone(&shared.bus, &durable).await {
+                    tracing::warn!(subject, consumer = %durable, %err, "event consumer is gone; recreating it");
+                    break;
+                }
+                tracing::warn!(subject, consumer = %durable, %err, "event consumer interrupted");
                 continue;
             }
             None => break,
@@ -239,6 +244,28 @@ where
             terminate(&message, shared, stats, dead).await;
             Ending::Failed
         }
+    }
+}
+
+/// Whether the durable consumer (or its stream) no longer exists: asked of
+/// the server, since from the message stream a deleted consumer and a broker
+/// that is away look alike.
+async fn consumer_is_gone(bus: &crate::Bus, durable: &str) -> bool {
+    use async_nats::jetstream::context::{ConsumerInfoErrorKind, GetStreamErrorKind};
+    use async_nats::jetstream::ErrorCode;
+    let stream = match bus.jetstream().get_stream(EVENTS_STREAM).await {
+        Ok(stream) => stream,
+        Err(err) => {
+            return matches!(err.kind(), GetStreamErrorKind::JetStream(e)
+                if e.error_code() == ErrorCode::STREAM_NOT_FOUND);
+        }
+    };
+    match stream.consumer_info(durable).await {
+        Ok(_) => false,
+        Err(err) => matches!(
+            err.kind(),
+            ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound
+        ),
     }
 }
 

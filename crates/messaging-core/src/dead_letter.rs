@@ -88,6 +88,38 @@ pub enum DeadLetterError {
 pub struct DeadLetters {
     table: Table<DeadLetter>,
     jetstream: jetstream::Context,
+    log: std::sync::Arc<LogBudget>,
+}
+
+/// How many dead letters are logged one by one per second; beyond that they
+/// are counted, and the count is logged with the next line. A flood of junk
+/// events must not become a flood of log lines.
+const LOGGED_PER_SECOND: u32 = 10;
+
+/// A per-second budget of log lines.
+#[derive(Default)]
+struct LogBudget {
+    /// Start of the current second, lines logged in it, lines held back.
+    state: std::sync::Mutex<(Option<std::time::Instant>, u32, u64)>,
+}
+
+impl LogBudget {
+    /// `Some(held back since the last line)` if a line may be logged now.
+    fn take(&self) -> Option<u64> {
+        let mut state = self.state.lock().expect("log budget lock");
+        let (since, logged, held) = &mut *state;
+        let now = std::time::Instant::now();
+        if since.is_none_or(|s| now.duration_since(s) >= std::time::Duration::from_secs(1)) {
+            (*since, *logged) = (Some(now), 0);
+        }
+        if *logged < LOGGED_PER_SECOND {
+            *logged += 1;
+            Some(std::mem::take(held))
+        } else {
+            *held += 1;
+            None
+        }
+    }
 }
 
 impl DeadLetters {
@@ -106,24 +138,33 @@ impl DeadLetters {
         Ok(Self {
             table: Table::open(client, storage, DEAD_LETTER_BUCKET, None, max_bytes).await?,
             jetstream: jetstream::new(client.clone()),
+            log: Default::default(),
         })
     }
 
     /// Records a dead letter (recording the same one twice keeps one).
     pub async fn record(&self, letter: &DeadLetter) -> Result<(), StoreError> {
-        tracing::warn!(
-            id = %letter.id, kind = ?letter.kind, subject = %letter.subject,
-            deliveries = letter.deliveries, reason = %letter.reason,
-            "event recorded as dead letter"
-        );
-        self.table.put(&letter.id, letter).await.map(|_| ())
+        self.table.put(&letter.id, letter).await?;
+        self.log(letter);
+        Ok(())
+    }
+
+    fn log(&self, letter: &DeadLetter) {
+        if let Some(held_back) = self.log.take() {
+            tracing::warn!(
+                id = %letter.id, kind = ?letter.kind, subject = %letter.subject,
+                deliveries = letter.deliveries, reason = %letter.reason,
+                more_not_logged = held_back,
+                "event recorded as dead letter"
+            );
+        }
     }
 
     /// Records a dead letter unless one with its id exists; `true` if recorded.
     pub async fn record_new(&self, letter: &DeadLetter) -> Result<bool, StoreError> {
         match self.table.create(&letter.id, letter).await {
             Ok(_) => {
-                tracing::warn!(id = %letter.id, subject = %letter.subject, "event recorded as dead letter");
+                self.log(letter);
                 Ok(true)
             }
             Err(StoreError::Exists(_)) => Ok(false),

@@ -218,7 +218,7 @@ impl Module<()> {
         declaration.check().map_err(RegisterError::Config)?;
         let bus = Bus::new(client)
             .with_request_timeout(PEER_REQUEST_TIMEOUT)
-            .bound_to(declaration);
+            .bound_to(declaration, options.limits);
         ensure_stream(bus.jetstream(), &options.limits).await?;
         let options = ModuleOptions {
             max_in_flight: options.max_in_flight.max(1),
@@ -333,10 +333,11 @@ impl<S: Send + Sync + 'static> Module<S> {
             stats.clone(),
         ));
         let shared = self.shared.clone();
-        let (handler, max_in_flight, options) = (
+        let (handler, max_in_flight, options, limits) = (
             Arc::new(handler),
             self.options.max_in_flight,
             self.options.consumer,
+            self.options.limits,
         );
         let mut first = Some(messages);
         self.shared.tracker.spawn(async move {
@@ -353,7 +354,9 @@ impl<S: Send + Sync + 'static> Module<S> {
                     let messages = match first {
                         Some(messages) => messages,
                         None => {
+                            // The stream may be what went missing.
                             let jetstream = shared.bus.jetstream();
+                            ensure_stream(jetstream, &limits).await?;
                             consumer::open(jetstream, &durable, subject, options).await?
                         }
                     };

@@ -3,9 +3,11 @@
 //! Every request and event is handled behind `catch_unwind`, so a panic in a
 //! handler (or in the reply path) costs one `500` or one redelivery, never
 //! the subject. This is the net under that net: if an intake task itself
-//! dies, it is started again, the restart is logged at ERROR and counted in
-//! the handler's [`crate::HandlerSnapshot::restarts`], so a module never
-//! looks healthy (`$SRV.PING` answers) while one of its subjects is deaf.
+//! dies, or ends while the module is not stopping (its consumer or the
+//! event stream was deleted, its subscription closed), it is set up again
+//! and started; the restart is logged and counted in the handler's
+//! [`crate::HandlerSnapshot::restarts`], so a module never looks healthy
+//! (`$SRV.PING` answers) while one of its subjects is deaf.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -48,11 +50,15 @@ pub(crate) async fn supervise<Start, Setup, Task, E>(
                 continue;
             }
         };
-        if AssertUnwindSafe(task).catch_unwind().await.is_ok() {
+        let ended = AssertUnwindSafe(task).catch_unwind().await;
+        if cancel.is_cancelled() {
             return;
         }
         stats.restarted();
-        tracing::error!(subject, "intake task died; restarting it");
+        match ended {
+            Ok(()) => tracing::warn!(subject, "intake ended while serving; setting it up again"),
+            Err(_) => tracing::error!(subject, "intake task died; restarting it"),
+        }
         if pause(&cancel).await {
             return;
         }
@@ -75,16 +81,20 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_task_that_dies_is_restarted_and_counted() {
+    async fn a_task_that_dies_or_ends_early_is_restarted_and_counted() {
         let runs = Arc::new(AtomicUsize::new(0));
         let stats = HandlerStats::default();
-        let counter = runs.clone();
-        supervise("probe", CancellationToken::new(), &stats, move || {
+        let cancel = CancellationToken::new();
+        let (counter, stop) = (runs.clone(), cancel.clone());
+        supervise("probe", cancel, &stats, move || {
             let run = counter.fetch_add(1, Ordering::SeqCst);
+            let stop = stop.clone();
             async move {
                 Ok::<_, String>(async move {
-                    if run < 2 {
-                        panic!("intake bug");
+                    match run {
+                        0 => panic!("intake bug"),
+                        1 => {}             // its consumer vanished: ends early
+                        _ => stop.cancel(), // the module stops: ends for good
                     }
                 })
             }
