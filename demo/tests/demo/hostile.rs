@@ -273,3 +273,48 @@ async fn malformed_headers_never_cost_the_connection() {
     assert_eq!(stats.connects.load(Ordering::SeqCst), connects);
     system.shutdown().await;
 }
+
+/// An operator deletes a consumer, then the whole event stream: the modules
+/// set them up again by themselves and orders go through, no restart.
+#[tokio::test]
+async fn a_deleted_consumer_or_stream_is_recreated_and_orders_flow_again() {
+    let owned = spawn_system(Some(instant_payments())).await;
+    let system = &owned;
+    let user = system.user().await;
+    let product = system.product(100).await;
+    let fulfilled = |n: u64| async move {
+        system
+            .module("order")
+            .wait_until("mark_fulfilled", WAIT, |s| s.completed >= n)
+            .await
+            .expect("orders fulfilled")
+    };
+    let first = system.place(&user, &product, 1).await.unwrap();
+    fulfilled(1).await;
+
+    // The payment module's consumer goes: the next order still gets paid.
+    let jetstream = system.bus().jetstream();
+    let stream = jetstream
+        .get_stream(messaging_core::EVENTS_STREAM)
+        .await
+        .unwrap();
+    assert!(stream.delete_consumer("payment_take_payment").await.unwrap().success);
+    let second = system.place(&user, &product, 1).await.unwrap();
+    fulfilled(2).await;
+    assert!(system.module("payment").stats("take_payment").unwrap().restarts >= 1);
+
+    // The event stream goes (and every event in it): the next order
+    // recreates it when it publishes, the consumers follow.
+    assert!(jetstream
+        .delete_stream(messaging_core::EVENTS_STREAM)
+        .await
+        .unwrap()
+        .success);
+    let third = system.place(&user, &product, 1).await.unwrap();
+    fulfilled(3).await;
+    for order in [first, second, third] {
+        assert_eq!(system.get_order(order.id).await.status, OrderStatus::Fulfilled);
+    }
+    assert_eq!(system.get_product(&product).await.stock, 97);
+    owned.shutdown().await;
+}
