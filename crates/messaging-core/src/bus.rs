@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::declaration::Declaration;
+use crate::deferred::Deferred;
 use crate::error::{ConnectError, DrainError, PublishError, RequestError, ServiceError};
 use crate::events::{EventMeta, EventStream, Outgoing};
 use crate::limits::Limits;
@@ -46,6 +47,26 @@ struct BusInner {
     /// A module's bus recreates the event stream, with these limits, if it
     /// finds it deleted.
     limits: Option<Limits>,
+    /// A module's bus hands events the stream cannot take now to its
+    /// deferred publisher.
+    deferred: Option<Deferred>,
+}
+
+/// An event ready to be stored: its subject, headers and encoded payload.
+#[derive(Debug, Clone)]
+pub(crate) struct OutgoingEvent {
+    pub subject: &'static str,
+    pub headers: HeaderMap,
+    pub payload: Bytes,
+}
+
+/// What became of an event published with [`Bus::publish_eventually`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announced {
+    /// The stream stored it (or had it already).
+    Stored(Published),
+    /// The stream could not take it now; the module keeps trying.
+    Deferred,
 }
 
 /// What the event stream said about a publish.
@@ -67,6 +88,7 @@ impl Bus {
                 request_timeout: DEFAULT_REQUEST_TIMEOUT,
                 declaration: None,
                 limits: None,
+                deferred: None,
             }),
         }
     }
@@ -81,15 +103,19 @@ impl Bus {
         self.inner.request_timeout
     }
 
-    /// The same bus with another request timeout.
+    /// The same bus with another request timeout, which also bounds how
+    /// long a publish waits for the stream's acknowledgement.
     pub fn with_request_timeout(self, timeout: Duration) -> Self {
+        let mut jetstream = self.inner.jetstream.clone();
+        jetstream.set_timeout(timeout);
         Self {
             inner: std::sync::Arc::new(BusInner {
                 client: self.inner.client.clone(),
-                jetstream: self.inner.jetstream.clone(),
+                jetstream,
                 request_timeout: timeout,
                 declaration: self.inner.declaration,
                 limits: self.inner.limits,
+                deferred: self.inner.deferred.clone(),
             }),
         }
     }
@@ -106,6 +132,22 @@ impl Bus {
                 request_timeout: self.inner.request_timeout,
                 declaration: Some(declaration),
                 limits: Some(limits),
+                deferred: self.inner.deferred.clone(),
+            }),
+        }
+    }
+
+    /// The same bus, handing what [`Bus::publish_eventually`] cannot store
+    /// now to `deferred`.
+    pub(crate) fn deferring_to(self, deferred: Deferred) -> Self {
+        Self {
+            inner: std::sync::Arc::new(BusInner {
+                client: self.inner.client.clone(),
+                jetstream: self.inner.jetstream.clone(),
+                request_timeout: self.inner.request_timeout,
+                declaration: self.inner.declaration,
+                limits: self.inner.limits,
+                deferred: Some(deferred),
             }),
         }
     }
@@ -235,6 +277,46 @@ impl Bus {
         event: &E,
         meta: EventMeta,
     ) -> Result<Published, PublishError> {
+        let outgoing = self.envelope(event, meta)?;
+        self.send_event(&outgoing).await
+    }
+
+    /// Publishes like [`Bus::publish_as`]; if the stream cannot take the
+    /// event now (the broker slow or away, the stream full), hands it to
+    /// the module's deferred publisher, which keeps trying in the background
+    /// until it is stored or the module stops, and returns
+    /// [`Announced::Deferred`].
+    ///
+    /// For events whose state change is already stored and must not be
+    /// reported as a failure to the client (`order.create` stored the order:
+    /// answering `503` would be a lie). What a stop leaves unpublished is the
+    /// owner's to announce again at its next start (as the order module's
+    /// recovery sweep does).
+    pub async fn publish_eventually<E: Event>(
+        &self,
+        event: &E,
+        meta: EventMeta,
+    ) -> Result<Announced, PublishError> {
+        let outgoing = self.envelope(event, meta)?;
+        match self.send_event(&outgoing).await {
+            Ok(published) => Ok(Announced::Stored(published)),
+            Err(err @ PublishError::Stream { .. }) => match &self.inner.deferred {
+                Some(deferred) => {
+                    deferred.defer(outgoing, &err)?;
+                    Ok(Announced::Deferred)
+                }
+                None => Err(err),
+            },
+            Err(err) => Err(err),
+        }
+    }
+
+    /// The event as it goes on the wire, if this bus may publish it.
+    fn envelope<E: Event>(
+        &self,
+        event: &E,
+        meta: EventMeta,
+    ) -> Result<OutgoingEvent, PublishError> {
         let subject = E::SUBJECT;
         if let Some(module) = self.inner.declaration {
             if !module.publishes(subject) {
@@ -250,33 +332,37 @@ impl Bus {
         if let Some(module) = self.inner.declaration {
             headers.insert(PUBLISHED_BY, module.name);
         }
-        let payload = bytes::Bytes::from(payload);
-        let ack = match self.store(subject, headers.clone(), payload.clone()).await {
+        Ok(OutgoingEvent {
+            subject,
+            headers,
+            payload: payload.into(),
+        })
+    }
+
+    /// Stores an event in the stream and waits for the acknowledgement.
+    pub(crate) async fn send_event(
+        &self,
+        event: &OutgoingEvent,
+    ) -> Result<Published, PublishError> {
+        let subject = event.subject;
+        let failed = |reason: String| PublishError::Stream { subject, reason };
+        let ack = match self.store(event).await {
             // The stream was deleted (an operator, a lost store): a module
             // knows how it should look, so it sets it up again and retries
             // once, rather than answer 503 until somebody restarts it.
             Err(err) if err.kind() == PublishErrorKind::StreamNotFound => {
                 let Some(limits) = self.inner.limits else {
-                    return Err(PublishError::Stream {
-                        subject,
-                        reason: err.to_string(),
-                    });
+                    return Err(failed(err.to_string()));
                 };
                 tracing::warn!(subject, "the event stream is gone; creating it again");
                 crate::events::ensure_stream(&self.inner.jetstream, &limits)
                     .await
-                    .map_err(|e| PublishError::Stream {
-                        subject,
-                        reason: e.to_string(),
-                    })?;
-                self.store(subject, headers, payload).await
+                    .map_err(|e| failed(e.to_string()))?;
+                self.store(event).await
             }
             other => other,
         }
-        .map_err(|source| PublishError::Stream {
-            subject,
-            reason: source.to_string(),
-        })?;
+        .map_err(|err| failed(err.to_string()))?;
         Ok(Published {
             sequence: ack.sequence,
             duplicate: ack.duplicate,
@@ -286,13 +372,11 @@ impl Bus {
     /// Publishes to the stream and waits for its acknowledgement.
     async fn store(
         &self,
-        subject: &'static str,
-        headers: HeaderMap,
-        payload: bytes::Bytes,
+        event: &OutgoingEvent,
     ) -> Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
         self.inner
             .jetstream
-            .publish_with_headers(subject, headers, payload)
+            .publish_with_headers(event.subject, event.headers.clone(), event.payload.clone())
             .await?
             .await
     }

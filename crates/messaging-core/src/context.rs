@@ -3,7 +3,7 @@
 
 use uuid::Uuid;
 
-use crate::bus::{Bus, Published};
+use crate::bus::{Announced, Bus, Published};
 use crate::error::{PublishError, RequestError};
 use crate::events::EventMeta;
 use crate::message::{Event, Rpc};
@@ -82,6 +82,27 @@ impl Context {
         self.bus.request_in_flow(request, self.correlation_id).await
     }
 
+    /// Publishes the event of a fact like [`Context::publish_fact`], but
+    /// for a change already stored and answered as done: if the stream
+    /// cannot take the event now, it is published in the background (see
+    /// [`Bus::publish_eventually`]) rather than reported as a failure.
+    pub async fn announce_fact<E: Event>(
+        &self,
+        event: &E,
+        fact: &str,
+    ) -> Result<Announced, PublishError> {
+        self.bus
+            .publish_eventually(event, self.fact_meta(fact))
+            .await
+    }
+
+    fn fact_meta(&self, fact: &str) -> EventMeta {
+        EventMeta {
+            event_id: Uuid::new_v5(&ID_NAMESPACE, fact.as_bytes()),
+            correlation_id: self.correlation_id,
+        }
+    }
+
     /// Publishes the event of a fact identified by `fact` (such as
     /// `order/<id>/paid`), within this flow.
     ///
@@ -95,10 +116,6 @@ impl Context {
         event: &E,
         fact: &str,
     ) -> Result<Published, PublishError> {
-        let meta = EventMeta {
-            event_id: Uuid::new_v5(&ID_NAMESPACE, fact.as_bytes()),
-            correlation_id: self.correlation_id,
-        };
-        self.bus.publish_as(event, meta).await
+        self.bus.publish_as(event, self.fact_meta(fact)).await
     }
 }

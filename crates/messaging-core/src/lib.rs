@@ -22,6 +22,7 @@ mod consumer;
 mod context;
 pub mod dead_letter;
 mod declaration;
+mod deferred;
 mod endpoint;
 mod error;
 mod events;
@@ -34,8 +35,8 @@ pub mod store;
 mod supervisor;
 
 pub use bus::{
-    Bus, Connection, Published, WatchSetupError, CORRELATION_ID, DEFAULT_REQUEST_TIMEOUT,
-    PUBLISHED_BY,
+    Announced, Bus, Connection, Published, WatchSetupError, CORRELATION_ID,
+    DEFAULT_REQUEST_TIMEOUT, PUBLISHED_BY,
 };
 pub use consumer::ConsumerOptions;
 pub use context::Context;

@@ -113,6 +113,8 @@ impl ModuleOptions {
 pub struct Setup {
     declaration: &'static Declaration,
     version: &'static str,
+    /// What the bus could not publish at once, for the background publisher.
+    deferred: tokio::sync::mpsc::Receiver<crate::bus::OutgoingEvent>,
     /// Holds the module to its declaration; requests time out after
     /// [`PEER_REQUEST_TIMEOUT`].
     bus: Bus,
@@ -151,6 +153,7 @@ impl Setup {
         let Setup {
             declaration,
             version,
+            deferred,
             bus,
             options,
         } = self;
@@ -175,6 +178,12 @@ impl Setup {
             idempotency,
             dead_letters,
         };
+        // Stops with the module's intake; shutdown waits for it.
+        shared.tracker.spawn(crate::deferred::publish_deferred(
+            shared.bus.clone(),
+            deferred,
+            shared.cancel.clone(),
+        ));
         Ok(Module {
             declaration,
             shared: Arc::new(shared),
@@ -216,9 +225,11 @@ impl Module<()> {
         options: ModuleOptions,
     ) -> Result<Setup, RegisterError> {
         declaration.check().map_err(RegisterError::Config)?;
+        let (deferring, deferred) = crate::deferred::Deferred::new();
         let bus = Bus::new(client)
             .with_request_timeout(PEER_REQUEST_TIMEOUT)
-            .bound_to(declaration, options.limits);
+            .bound_to(declaration, options.limits)
+            .deferring_to(deferring);
         ensure_stream(bus.jetstream(), &options.limits).await?;
         let options = ModuleOptions {
             max_in_flight: options.max_in_flight.max(1),
@@ -227,6 +238,7 @@ impl Module<()> {
         Ok(Setup {
             declaration,
             version,
+            deferred,
             bus,
             options,
         })

@@ -33,7 +33,7 @@ pub async fn place_order(
     // already there; a fresh random id cannot, so skip the read.
     if ctx.idempotency_key().is_some() {
         if let Some(existing) = orders.get(id).await? {
-            announce(&ctx, &existing, OrderStatus::Pending).await?;
+            announce_placed(&ctx, &existing).await?;
             return Ok(existing.order);
         }
     }
@@ -77,8 +77,21 @@ pub async fn place_order(
     })?;
 
     let record = orders.insert(order, ctx.correlation_id()).await?;
-    announce(&ctx, &record, OrderStatus::Pending).await?;
+    announce_placed(&ctx, &record).await?;
     Ok(record.order)
+}
+
+/// Announces a placed order. The order is placed once stored, whatever
+/// happens to its event: the client is told so (never a `503` for an order
+/// that then goes through), and the event goes out as soon as the stream
+/// takes it, or at the next start from the recovery sweep.
+async fn announce_placed(ctx: &Context, record: &OrderRecord) -> Result<(), ServiceError> {
+    let created = OrderCreated {
+        order: record.order.clone(),
+    };
+    let fact = fact(record.order.id, OrderStatus::Pending);
+    ctx.announce_fact(&created, &fact).await?;
+    Ok(())
 }
 
 /// `order.get`: `404 not_found` for an unknown id.

@@ -25,7 +25,8 @@ pub async fn create_product(
     let event = ProductCreated {
         product: product.clone(),
     };
-    ctx.publish_fact(&event, &fact).await?;
+    // The product exists from here on: say so, and publish when the stream can.
+    ctx.announce_fact(&event, &fact).await?;
     Ok(product)
 }
 

@@ -20,7 +20,8 @@ pub async fn create_user(
     let id = UserId(ctx.derive_id("user"));
     let user = users.insert(id, request.name).await?;
     let fact = format!("user/{}/created", user.id);
-    ctx.publish_fact(&UserCreated { user: user.clone() }, &fact)
+    // The user exists from here on: say so, and publish when the stream can.
+    ctx.announce_fact(&UserCreated { user: user.clone() }, &fact)
         .await?;
     Ok(user)
 }

@@ -298,23 +298,126 @@ async fn a_deleted_consumer_or_stream_is_recreated_and_orders_flow_again() {
         .get_stream(messaging_core::EVENTS_STREAM)
         .await
         .unwrap();
-    assert!(stream.delete_consumer("payment_take_payment").await.unwrap().success);
+    assert!(
+        stream
+            .delete_consumer("payment_take_payment")
+            .await
+            .unwrap()
+            .success
+    );
     let second = system.place(&user, &product, 1).await.unwrap();
     fulfilled(2).await;
-    assert!(system.module("payment").stats("take_payment").unwrap().restarts >= 1);
+    assert!(
+        system
+            .module("payment")
+            .stats("take_payment")
+            .unwrap()
+            .restarts
+            >= 1
+    );
 
     // The event stream goes (and every event in it): the next order
     // recreates it when it publishes, the consumers follow.
-    assert!(jetstream
-        .delete_stream(messaging_core::EVENTS_STREAM)
-        .await
-        .unwrap()
-        .success);
+    assert!(
+        jetstream
+            .delete_stream(messaging_core::EVENTS_STREAM)
+            .await
+            .unwrap()
+            .success
+    );
     let third = system.place(&user, &product, 1).await.unwrap();
     fulfilled(3).await;
     for order in [first, second, third] {
-        assert_eq!(system.get_order(order.id).await.status, OrderStatus::Fulfilled);
+        assert_eq!(
+            system.get_order(order.id).await.status,
+            OrderStatus::Fulfilled
+        );
     }
     assert_eq!(system.get_product(&product).await.stock, 97);
     owned.shutdown().await;
+}
+
+/// The stream cannot take `events.order.created` when the order is stored
+/// (here: it is full): the client is told the truth, the order is placed
+/// and pending, and it goes through once the stream has room again.
+#[tokio::test]
+async fn an_order_whose_event_cannot_be_stored_yet_is_placed_not_refused() {
+    use messaging_core::{Limits, ModuleOptions, Storage};
+    let broker = testkit::spawn_broker().await;
+    let client = broker.bus().client().clone();
+    let options = ModuleOptions {
+        limits: Limits {
+            events_max_bytes: 64 << 10,
+            ..Limits::default()
+        },
+        ..ModuleOptions::with_storage(Storage::Durable)
+    };
+    let modules = vec![
+        user::register_with(client.clone(), options).await.unwrap(),
+        product::register_with(client.clone(), options)
+            .await
+            .unwrap(),
+        order::register_with(client.clone(), options).await.unwrap(),
+        payment::register_with(client.clone(), instant_payments(), options)
+            .await
+            .unwrap(),
+    ];
+    let bus = broker.bus();
+    let user = bus
+        .request(&contract::user::CreateUser {
+            name: contract::values::Name::parse("Ada").unwrap(),
+        })
+        .await
+        .unwrap();
+    let product = bus
+        .request(&contract::product::CreateProduct {
+            name: contract::values::Name::parse("Widget").unwrap(),
+            stock: q(10),
+        })
+        .await
+        .unwrap();
+
+    // Fill the stream to its very limit with events nobody listens to.
+    for size in [4096, 256, 16, 1] {
+        loop {
+            let ack = bus
+                .jetstream()
+                .publish("events.filler.junk", vec![b'x'; size].into())
+                .await
+                .unwrap()
+                .await;
+            if ack.is_err() {
+                break;
+            }
+        }
+    }
+
+    let order = bus
+        .request(&PlaceOrder {
+            user_id: user.id,
+            product_id: product.id,
+            quantity: q(2),
+        })
+        .await
+        .expect("placed, not refused: the order is stored");
+    assert_eq!(order.status, OrderStatus::Pending);
+
+    // Room again: the deferred event goes out and the saga runs its course.
+    let stream = bus
+        .jetstream()
+        .get_stream(messaging_core::EVENTS_STREAM)
+        .await
+        .unwrap();
+    stream.purge().filter("events.filler.>").await.unwrap();
+    modules[2]
+        .wait_until("mark_fulfilled", WAIT, |s| s.completed >= 1)
+        .await
+        .expect("the order is fulfilled");
+    let fetched = bus
+        .request(&contract::order::GetOrder { id: order.id })
+        .await
+        .unwrap();
+    assert_eq!(fetched.status, OrderStatus::Fulfilled);
+    messaging_core::shutdown_all(modules).await;
+    broker.shutdown().await;
 }
