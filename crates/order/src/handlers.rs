@@ -238,20 +238,29 @@ fn fact(id: OrderId, status: OrderStatus) -> String {
 /// before, so nothing happens twice.
 ///
 /// Terminal orders need nothing: the events that made them terminal are
-/// redelivered until handled, and handling re-announces. The scan reads
-/// every order id, which grows with the history (see the README's limits).
+/// redelivered until handled, and handling re-announces. Only the orders of
+/// the open-order index are read, so a restart takes as long as there is
+/// unfinished work, not as long as the history.
 pub async fn recover(orders: &Orders, bus: &Bus) -> Result<usize, ServiceError> {
     let mut announced = 0;
-    for id in orders.ids().await? {
-        let Some(record) = orders.get(id).await? else {
-            continue;
+    for (id, age) in orders.open_orders().await? {
+        let record = match orders.get(id).await? {
+            Some(record) if !crate::lifecycle::is_terminal(record.order.status) => record,
+            // Finished: its marker outlived it.
+            Some(_) => {
+                orders.close(id).await?;
+                continue;
+            }
+            // Never stored (a crash between the marker and the order), or
+            // being stored right now by another instance: only an old marker
+            // is known to be the former.
+            None => {
+                if age > ABANDONED_MARKER {
+                    orders.close(id).await?;
+                }
+                continue;
+            }
         };
-        if !matches!(
-            record.order.status,
-            OrderStatus::Pending | OrderStatus::Paid
-        ) {
-            continue;
-        }
         let flow = record.correlation_id.unwrap_or_else(uuid::Uuid::new_v4);
         announce(
             &Context::in_flow(bus.clone(), flow),
@@ -263,6 +272,9 @@ pub async fn recover(orders: &Orders, bus: &Bus) -> Result<usize, ServiceError> 
     }
     Ok(announced)
 }
+
+/// A marker without its order for this long belongs to an attempt that died.
+const ABANDONED_MARKER: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn not_found(id: OrderId) -> ServiceError {
     NOT_FOUND.error(format!("order {id} does not exist"))

@@ -4,6 +4,12 @@
 //! lifecycle of [`crate::lifecycle::can_become`] with compare-and-set, so two
 //! concurrent events (in one process or in several) can never both move the
 //! same order, and none is silently overwritten.
+//!
+//! Beside the orders, the `orders_open` table indexes the unfinished ones,
+//! so that a restart resumes them without reading the whole history: a
+//! marker is written *before* its order is stored and removed *after* the
+//! order is terminal, so every unfinished order has one (a stale marker
+//! only costs the sweep a read).
 
 use contract::order::{Order, OrderId, OrderStatus};
 use contract::user::UserId;
@@ -50,6 +56,9 @@ impl From<StoreError> for TransitionError {
 /// All orders.
 pub struct Orders {
     table: Table<OrderRecord>,
+    /// Markers of the orders not yet terminal, with when they were set
+    /// (milliseconds since the Unix epoch).
+    open: Table<u64>,
     /// Users known to exist (bounded: the least recently seen are forgotten,
     /// and only cost one more `user.get`).
     known_users: std::sync::Mutex<lru::LruCache<UserId, ()>>,
@@ -67,6 +76,7 @@ impl Orders {
     pub async fn open(setup: &Setup) -> Result<Self, StoreError> {
         Ok(Self {
             table: setup.table("orders", None).await?,
+            open: setup.table("orders_open", None).await?,
             known_users: known_users(),
         })
     }
@@ -75,6 +85,7 @@ impl Orders {
     pub fn in_memory() -> Self {
         Self {
             table: Table::in_memory(),
+            open: Table::in_memory(),
             known_users: known_users(),
         }
     }
@@ -91,9 +102,10 @@ impl Orders {
             reason: None,
             correlation_id: Some(correlation_id),
         };
-        self.table
-            .create_or_get(&record.order.id.to_string(), record)
-            .await
+        let key = record.order.id.to_string();
+        // The marker first: an order stored is always findable at restart.
+        self.open.put(&key, &now_millis()).await?;
+        self.table.create_or_get(&key, record).await
     }
 
     /// Whether `user` is known to exist.
@@ -114,15 +126,26 @@ impl Orders {
         Ok(self.table.get(&id.to_string()).await?.map(|v| v.value))
     }
 
-    /// Every order id (for the recovery sweep at start).
-    pub async fn ids(&self) -> Result<Vec<OrderId>, StoreError> {
+    /// The orders that may not be finished, each with the age of its
+    /// marker (for the recovery sweep at start): read from the index, not
+    /// from the whole history.
+    pub async fn open_orders(&self) -> Result<Vec<(OrderId, std::time::Duration)>, StoreError> {
+        let now = now_millis();
         Ok(self
-            .table
-            .keys()
+            .open
+            .values()
             .await?
-            .iter()
-            .filter_map(|k| k.parse().ok().map(OrderId))
+            .into_iter()
+            .filter_map(|(key, since)| {
+                let age = std::time::Duration::from_millis(now.saturating_sub(since));
+                key.parse().ok().map(|id| (OrderId(id), age))
+            })
             .collect())
+    }
+
+    /// Drops the marker of an order found finished (or never stored).
+    pub async fn close(&self, id: OrderId) -> Result<(), StoreError> {
+        self.open.delete(&id.to_string()).await
     }
 
     /// Moves order `id` to `to` if the lifecycle allows it.
@@ -132,7 +155,8 @@ impl Orders {
         to: OrderStatus,
         reason: Option<&str>,
     ) -> Result<Transition, TransitionError> {
-        self.table
+        let transition = self
+            .table
             .modify(&id.to_string(), |record| {
                 let record = record.ok_or(TransitionError::UnknownOrder)?;
                 let from = record.order.status;
@@ -149,8 +173,23 @@ impl Orders {
                 }
                 Ok(Change::Write(next.clone(), Transition::Applied(next)))
             })
-            .await
+            .await?;
+        let (Transition::Applied(now) | Transition::AlreadyDone(now)) = &transition;
+        if crate::lifecycle::is_terminal(now.order.status) {
+            // After the order is terminal; if this fails, the sweep at the
+            // next start finds the stale marker and drops it.
+            if let Err(err) = self.close(id).await {
+                tracing::debug!(order_id = %id, %err, "open-order marker not dropped");
+            }
+        }
+        Ok(transition)
     }
+}
+
+fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Whether an order in `current` has already been through `target`.

@@ -64,6 +64,21 @@ async fn bad_input_is_refused_with_the_reason_and_creates_nothing() {
         ("user.create", "not json", "expected a JSON object"),
         ("user.create", r#"{"name": "Ada""#, "EOF while parsing"),
         ("user.create", "", "empty payload"),
+        (
+            "user.create",
+            r#"{"name": "Ada\u0000Lovelace"}"#,
+            "control characters (found U+0000)",
+        ),
+        (
+            "user.create",
+            r#"{"name": "evil\u202Egnp.exe"}"#,
+            "control characters (found U+202E)",
+        ),
+        (
+            "user.create",
+            r#"{"name": "two\nlines"}"#,
+            "control characters (found U+000A)",
+        ),
         ("user.get", r#"{"id": "nope"}"#, "UUID"),
         ("user.get", r#"{"id": 7}"#, "invalid type"),
     ];
@@ -100,6 +115,6 @@ async fn bad_input_is_refused_with_the_reason_and_creates_nothing() {
         .unwrap();
     assert_eq!(created.next_within(WAIT).await.unwrap().event.user, user);
     let stats = app.module.stats("user.create").unwrap();
-    assert_eq!((stats.completed, stats.failed), (9, 8));
+    assert_eq!((stats.completed, stats.failed), (12, 11));
     app.shutdown().await;
 }

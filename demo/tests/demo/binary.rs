@@ -327,6 +327,16 @@ async fn dead_letters_can_be_listed_and_retried_from_the_command_line() {
     .await;
     assert!(empty.contains("no dead letters"), "{empty}");
 
+    // Ids that cannot be a dead letter get that answer, at once.
+    let long = "x".repeat(5000);
+    for bad in ["*", ">", "a b", long.as_str(), id.as_str()] {
+        let args = ["dead-letters", "retry", bad, "--data-dir", dir.as_str()];
+        let (status, output) = finish(demo(&args).spawn().unwrap()).await;
+        assert!(!status.success(), "{bad:.20}: {output}");
+        assert!(output.contains("no dead letter"), "{bad:.20}: {output}");
+        assert!(!output.contains("unavailable"), "{bad:.20}: {output}");
+    }
+
     let (status, output) = finish(demo(&["dead-letters", "list"]).spawn().unwrap()).await;
     assert!(!status.success());
     assert!(

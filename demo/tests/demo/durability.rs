@@ -10,7 +10,7 @@ use contract::product::Product;
 use messaging_core::dead_letter::{DeadLetterKind, DeadLetters};
 use messaging_core::{shutdown_all, Bus, Connection, ModuleHandle, Storage};
 
-use crate::support::{instant_payments, place_until_answered, q, spawn_system, WAIT};
+use crate::support::{bucket, instant_payments, place_until_answered, q, spawn_system, WAIT};
 
 #[tokio::test]
 async fn a_malformed_order_created_event_is_poisoned_and_valid_orders_go_on() {
@@ -102,6 +102,8 @@ async fn pending_orders_and_unprocessed_events_resume_after_a_restart() {
     for _ in 0..5 {
         ids.push(system.place(&user, &product, 2).await.unwrap().id);
     }
+    // Each unfinished order is in the open-order index the restart reads.
+    assert_eq!(bucket(system.bus(), "orders_open").await.len(), 5);
     let crate::support::System {
         broker, modules, ..
     } = system;
@@ -123,6 +125,13 @@ async fn pending_orders_and_unprocessed_events_resume_after_a_restart() {
         .await
         .unwrap();
     assert_eq!((after.stock, after.available), (90, 90));
+    // Finished orders leave the index (dropped before the fulfilment is
+    // acknowledged): the next restart reads nothing.
+    modules[2]
+        .wait_until("mark_fulfilled", WAIT, |s| s.completed >= 5)
+        .await
+        .expect("five fulfilments handled");
+    assert!(bucket(broker.bus(), "orders_open").await.is_empty());
     shutdown_all(modules).await;
     broker.shutdown().await;
 }
@@ -252,4 +261,52 @@ fn is_terminal(status: OrderStatus) -> bool {
         status,
         OrderStatus::Fulfilled | OrderStatus::Failed | OrderStatus::Cancelled
     )
+}
+
+/// Two operators retry the same dead letter at the same moment: the event is
+/// published again once, and exactly one of them is told it was.
+#[tokio::test]
+async fn a_dead_letter_retried_twice_at_once_is_published_once() {
+    let system = spawn_system(None).await;
+    let bus = system.bus();
+    // A system with a payment module that gives up on a malformed event.
+    let payment = payment::register(bus.client().clone(), instant_payments())
+        .await
+        .unwrap();
+    bus.jetstream()
+        .publish(contract::order::CREATED, "not json".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    payment
+        .wait_until("take_payment", WAIT, |s| s.dead_lettered == 1)
+        .await
+        .expect("dead-lettered");
+    let letters = DeadLetters::open(bus.client(), Storage::Durable)
+        .await
+        .unwrap();
+    let id = letters.list().await.unwrap()[0].id.clone();
+    let stream = bus
+        .jetstream()
+        .get_stream(messaging_core::EVENTS_STREAM)
+        .await
+        .unwrap();
+    let before = stream.get_info().await.unwrap().state.messages;
+
+    let (a, b) = tokio::join!(letters.retry(&id), letters.retry(&id));
+    assert_eq!(
+        [a.is_ok(), b.is_ok()].iter().filter(|ok| **ok).count(),
+        1,
+        "{a:?} {b:?}"
+    );
+    let after = stream.get_info().await.unwrap().state.messages;
+    assert_eq!(after, before + 1, "published once");
+    // Redelivered, the same junk is dead-lettered again, once.
+    payment
+        .wait_until("take_payment", WAIT, |s| s.dead_lettered == 2)
+        .await
+        .expect("dead-lettered again");
+    payment.shutdown().await;
+    system.shutdown().await;
 }
