@@ -51,10 +51,7 @@ async fn main() -> anyhow::Result<()> {
         serves: &[],
         requests: &[],
         publishes: &[],
-        listens: &[Listener {
-            handler: "count",
-            subject: Tick::SUBJECT,
-        }],
+        listens: &[Listener::new("count", Tick::SUBJECT)],
     };
     let options = ModuleOptions::with_storage(Storage::Memory);
     let mut m = Module::setup(bus.client().clone(), &PROF, "0.1.0", options)

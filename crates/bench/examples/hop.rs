@@ -42,10 +42,7 @@ async fn main() -> anyhow::Result<()> {
         serves: &[],
         requests: &[],
         publishes: &[Pong::SUBJECT],
-        listens: &[Listener {
-            handler: "pong",
-            subject: Ping::SUBJECT,
-        }],
+        listens: &[Listener::new("pong", Ping::SUBJECT)],
     };
     let options = ModuleOptions::with_storage(Storage::Memory);
     let mut m = Module::setup(bus.client().clone(), &HOP, "0.1.0", options)

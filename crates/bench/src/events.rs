@@ -113,16 +113,14 @@ async fn consume(bus: &Bus, ours: bool, round: usize, total: usize) -> anyhow::R
         // A fresh module name gives a fresh durable consumer that starts at
         // the beginning of the (purged) subject.
         let name: &'static str = Box::leak(format!("bench-ours-{round}").into_boxed_str());
+        const COUNT: Listener = Listener::new("count", Tick::SUBJECT);
         let declaration: &'static Declaration = Box::leak(Box::new(Declaration {
             name,
             description: "bench consumer",
             serves: &[],
             requests: &[],
             publishes: &[],
-            listens: &[Listener {
-                handler: "count",
-                subject: Tick::SUBJECT,
-            }],
+            listens: &[COUNT],
         }));
         let counter = Arc::new(Counter {
             seen: AtomicU64::new(0),

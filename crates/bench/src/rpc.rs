@@ -66,10 +66,7 @@ pub async fn start_servers(
     const ECHO_MODULE: Declaration = Declaration {
         name: "ours-echo",
         description: "bench echo",
-        serves: &[Endpoint {
-            subject: Echo::SUBJECT,
-            public: true,
-        }],
+        serves: &[Endpoint::public(Echo::SUBJECT)],
         requests: &[],
         publishes: &[],
         listens: &[],

@@ -34,34 +34,16 @@ pub const MODULE: Declaration = Declaration {
     name: "order",
     description: "Orders: placement and lifecycle",
     serves: &[
-        Endpoint {
-            subject: CREATE,
-            public: true,
-        },
-        Endpoint {
-            subject: GET,
-            public: true,
-        },
-        Endpoint {
-            subject: CANCEL,
-            public: true,
-        },
+        Endpoint::public(CREATE),
+        Endpoint::public(GET),
+        Endpoint::public(CANCEL),
     ],
     requests: &[user::GET, product::RESERVE],
     publishes: &[CREATED, PAID, FULFILLED, FAILED, CANCELLED],
     listens: &[
-        Listener {
-            handler: "mark_paid",
-            subject: payment::SUCCEEDED,
-        },
-        Listener {
-            handler: "mark_failed",
-            subject: payment::FAILED,
-        },
-        Listener {
-            handler: "mark_fulfilled",
-            subject: product::STOCK_UPDATED,
-        },
+        Listener::new("mark_paid", payment::SUCCEEDED),
+        Listener::new("mark_failed", payment::FAILED),
+        Listener::new("mark_fulfilled", product::STOCK_UPDATED),
     ],
 };
 

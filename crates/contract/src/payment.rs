@@ -20,14 +20,8 @@ pub const MODULE: Declaration = Declaration {
     requests: &[],
     publishes: &[SUCCEEDED, FAILED, REFUNDED],
     listens: &[
-        Listener {
-            handler: "take_payment",
-            subject: order::CREATED,
-        },
-        Listener {
-            handler: "refund_cancelled_order",
-            subject: order::CANCELLED,
-        },
+        Listener::new("take_payment", order::CREATED),
+        Listener::new("refund_cancelled_order", order::CANCELLED),
     ],
 };
 

@@ -25,36 +25,18 @@ pub const MODULE: Declaration = Declaration {
     name: "product",
     description: "Products: catalogue, stock and reservations",
     serves: &[
-        Endpoint {
-            subject: CREATE,
-            public: true,
-        },
-        Endpoint {
-            subject: GET,
-            public: true,
-        },
+        Endpoint::public(CREATE),
+        Endpoint::public(GET),
         // Only the order module reserves: a client holding stock directly
         // would bypass the order.
-        Endpoint {
-            subject: RESERVE,
-            public: false,
-        },
+        Endpoint::internal(RESERVE),
     ],
     requests: &[],
     publishes: &[CREATED, STOCK_UPDATED],
     listens: &[
-        Listener {
-            handler: "commit_paid_order",
-            subject: order::PAID,
-        },
-        Listener {
-            handler: "release_failed_order",
-            subject: order::FAILED,
-        },
-        Listener {
-            handler: "release_cancelled_order",
-            subject: order::CANCELLED,
-        },
+        Listener::new("commit_paid_order", order::PAID),
+        Listener::new("release_failed_order", order::FAILED),
+        Listener::new("release_cancelled_order", order::CANCELLED),
     ],
 };
 

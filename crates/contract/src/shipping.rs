@@ -20,16 +20,10 @@ pub const DISPATCHED: &str = "events.shipping.dispatched";
 pub const MODULE: Declaration = Declaration {
     name: "shipping",
     description: "Shipping: dispatches fulfilled orders",
-    serves: &[Endpoint {
-        subject: GET,
-        public: true,
-    }],
+    serves: &[Endpoint::public(GET)],
     requests: &[],
     publishes: &[DISPATCHED],
-    listens: &[Listener {
-        handler: "dispatch_fulfilled_order",
-        subject: order::FULFILLED,
-    }],
+    listens: &[Listener::new("dispatch_fulfilled_order", order::FULFILLED)],
 };
 
 id_type!(

@@ -15,16 +15,7 @@ pub const CREATED: &str = "events.user.created";
 pub const MODULE: Declaration = Declaration {
     name: "user",
     description: "Users: create and look up",
-    serves: &[
-        Endpoint {
-            subject: CREATE,
-            public: true,
-        },
-        Endpoint {
-            subject: GET,
-            public: true,
-        },
-    ],
+    serves: &[Endpoint::public(CREATE), Endpoint::public(GET)],
     requests: &[],
     publishes: &[CREATED],
     listens: &[],

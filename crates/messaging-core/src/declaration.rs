@@ -35,6 +35,24 @@ pub struct Endpoint {
     pub public: bool,
 }
 
+impl Endpoint {
+    /// An endpoint clients outside the system may call.
+    pub const fn public(subject: &'static str) -> Self {
+        Self {
+            subject,
+            public: true,
+        }
+    }
+
+    /// An endpoint only the modules that declare they request it may call.
+    pub const fn internal(subject: &'static str) -> Self {
+        Self {
+            subject,
+            public: false,
+        }
+    }
+}
+
 /// One event handler of a module.
 ///
 /// The handler's **name** is its identity: its durable consumer is
@@ -47,6 +65,13 @@ pub struct Listener {
     /// `[A-Za-z0-9_-]+`, stable.
     pub handler: &'static str,
     pub subject: &'static str,
+}
+
+impl Listener {
+    /// The handler `handler` of the events on `subject`.
+    pub const fn new(handler: &'static str, subject: &'static str) -> Self {
+        Self { handler, subject }
+    }
 }
 
 impl Declaration {

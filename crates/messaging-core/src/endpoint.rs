@@ -16,7 +16,7 @@ use crate::bus::CORRELATION_ID;
 use crate::context::Context;
 use crate::error::ServiceError;
 use crate::idempotency::{Claim, IDEMPOTENCY_KEY, MAX_KEY_LEN};
-use crate::message::Rpc;
+use crate::message::{ErrorCode, Rpc};
 use crate::module::Shared;
 use crate::stats::{Ending, HandlerStats};
 
@@ -38,12 +38,17 @@ pub(crate) async fn serve<R, S, F, Fut>(
     // Requests in flight run as futures of this one task (see the same
     // choice in `consumer.rs`): concurrent, without a task per request.
     let mut running = FuturesUnordered::new();
+    // Refusals are sent beside the intake, not inline: under a burst the
+    // intake must keep reading as fast as requests arrive (what the client
+    // library cannot buffer, it drops), while replies wait for the socket.
+    let mut refusing = FuturesUnordered::new();
     let mut stopping = false;
     let mut open = true;
-    while open || !running.is_empty() {
+    while open || !running.is_empty() || !refusing.is_empty() {
         let request = tokio::select! {
-            request = endpoint.next(), if open => request,
+            request = endpoint.next(), if open && refusing.len() < MAX_REFUSING => request,
             Some(()) = running.next(), if !running.is_empty() => continue,
+            Some(()) = refusing.next(), if !refusing.is_empty() => continue,
             () = shared.cancel.cancelled(), if !stopping => {
                 // Stop intake; requests already delivered to us are still
                 // read and answered until the endpoint's stream ends.
@@ -59,13 +64,23 @@ pub(crate) async fn serve<R, S, F, Fut>(
             open = false;
             continue;
         };
+        // Too large for the contract: refused before anything reads it.
+        let size = request.message.payload.len();
+        if size > R::MAX_PAYLOAD {
+            let too_large = ErrorCode::PAYLOAD_TOO_LARGE.error(format!(
+                "{subject} payload is {size} bytes, at most {} allowed",
+                R::MAX_PAYLOAD
+            ));
+            refusing.push(refuse(request, too_large));
+            continue;
+        }
         // Saturated: say so at once rather than let the requester time out
         // waiting for a slot.
         if running.len() >= max_in_flight {
             let busy = ServiceError::unavailable(format!(
                 "overloaded: too many {subject} requests in flight, retry later"
             ));
-            let _ = request.respond(Err(busy.into())).await;
+            refusing.push(refuse(request, busy));
             continue;
         }
         let in_flight = stats.enter();
@@ -76,6 +91,13 @@ pub(crate) async fn serve<R, S, F, Fut>(
         });
     }
     tracing::debug!(subject, "endpoint stopped");
+}
+
+/// Refusals being sent at most, before the intake waits for one to go out.
+const MAX_REFUSING: usize = 4096;
+
+async fn refuse(request: async_nats::service::Request, err: ServiceError) {
+    let _ = request.respond(Err(err.into())).await;
 }
 
 /// Decodes one request, runs the handler and replies; whatever panics on

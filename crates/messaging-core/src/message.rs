@@ -17,6 +17,11 @@ pub trait Rpc: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The errors this request may be refused with, beyond those every
     /// request may get ([`ErrorCode::COMMON`]); for the generated docs.
     const ERRORS: &'static [ErrorCode] = &[];
+    /// The largest payload this request may have, in bytes: a larger one is
+    /// refused (`413 payload_too_large`) before it is decoded or handled.
+    /// With the endpoint's in-flight count, this bounds the bytes a module
+    /// holds for its requests.
+    const MAX_PAYLOAD: usize = 64 * 1024;
     /// The payload of a successful reply.
     type Reply: Serialize + DeserializeOwned + Send + Sync + 'static;
 }
@@ -43,6 +48,8 @@ impl ErrorCode {
 
     /// `400 bad_request`: the payload or a header is malformed.
     pub const BAD_REQUEST: ErrorCode = ErrorCode::new(400, "bad_request");
+    /// `413 payload_too_large`: larger than the request may be.
+    pub const PAYLOAD_TOO_LARGE: ErrorCode = ErrorCode::new(413, "payload_too_large");
     /// `409 request_in_progress`: an attempt with the same `Idempotency-Key` is still running.
     pub const REQUEST_IN_PROGRESS: ErrorCode = ErrorCode::new(409, "request_in_progress");
     /// `422 idempotency_key_reused`: the key was used for another payload.
@@ -55,6 +62,7 @@ impl ErrorCode {
     /// The errors any request may get from the framework itself.
     pub const COMMON: &'static [ErrorCode] = &[
         Self::BAD_REQUEST,
+        Self::PAYLOAD_TOO_LARGE,
         Self::REQUEST_IN_PROGRESS,
         Self::IDEMPOTENCY_KEY_REUSED,
         Self::INTERNAL,

@@ -136,3 +136,195 @@ impl Payments {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use contract::order::OrderStatus;
+    use contract::product::ProductId;
+    use contract::user::UserId;
+    use contract::values::Quantity;
+
+    use super::*;
+
+    /// Payments kept in memory, declines drawn from `config.seed` (or 0).
+    fn payments(config: PaymentConfig) -> Payments {
+        let rng = StdRng::seed_from_u64(config.seed.unwrap_or(0));
+        Payments {
+            config,
+            table: Table::in_memory(),
+            rng: Mutex::new(rng),
+        }
+    }
+
+    fn never_declines() -> PaymentConfig {
+        PaymentConfig {
+            delay: Duration::ZERO,
+            failure_rate: 0.0,
+            seed: Some(7),
+            limit: 5,
+        }
+    }
+
+    fn order(quantity: u32) -> Order {
+        Order {
+            id: OrderId::new(),
+            user_id: UserId::new(),
+            product_id: ProductId::new(),
+            quantity: Quantity::new(quantity).unwrap(),
+            status: OrderStatus::Pending,
+        }
+    }
+
+    fn payment_of(order: &Order) -> Payment {
+        Payment {
+            id: payment_id(order.id),
+            order_id: order.id,
+        }
+    }
+
+    async fn stored(payments: &Payments, order: &Order) -> Option<Outcome> {
+        payments.get(order.id).await.unwrap().map(|r| r.outcome)
+    }
+
+    #[tokio::test]
+    async fn a_cancel_after_the_payment_refunds_it_exactly_once() {
+        let payments = payments(never_declines());
+        let order = order(1);
+        let taken = payments
+            .record(PaymentRecord {
+                payment: payment_of(&order),
+                outcome: Outcome::Succeeded,
+            })
+            .await
+            .unwrap();
+        assert_eq!(taken.outcome, Outcome::Succeeded);
+
+        let refunded = PaymentRecord {
+            payment: payment_of(&order),
+            outcome: Outcome::Refunded,
+        };
+        assert_eq!(
+            payments.cancel(payment_of(&order)).await.unwrap(),
+            Some(refunded.clone()),
+            "a payment taken is given back"
+        );
+        assert_eq!(stored(&payments, &order).await, Some(Outcome::Refunded));
+
+        // The cancellation delivered again: the same refund is announced
+        // again (same fact, so the stream keeps one), nothing new is given.
+        assert_eq!(
+            payments.cancel(payment_of(&order)).await.unwrap(),
+            Some(refunded.clone())
+        );
+        assert_eq!(stored(&payments, &order).await, Some(Outcome::Refunded));
+
+        // The payment's own event delivered again: not charged a second time.
+        let late = payments
+            .record(PaymentRecord {
+                payment: payment_of(&order),
+                outcome: Outcome::Succeeded,
+            })
+            .await
+            .unwrap();
+        assert_eq!(late, refunded);
+    }
+
+    #[tokio::test]
+    async fn a_cancel_before_the_payment_voids_it() {
+        let payments = payments(never_declines());
+        let order = order(1);
+        assert_eq!(
+            payments.cancel(payment_of(&order)).await.unwrap(),
+            None,
+            "nothing was taken, nothing to refund"
+        );
+        assert_eq!(stored(&payments, &order).await, Some(Outcome::Voided));
+
+        // The payment arriving after the cancellation is never taken...
+        let late = payments
+            .record(PaymentRecord {
+                payment: payment_of(&order),
+                outcome: Outcome::Succeeded,
+            })
+            .await
+            .unwrap();
+        assert_eq!(late.outcome, Outcome::Voided);
+        // ...and a repeated cancellation refunds nothing.
+        assert_eq!(payments.cancel(payment_of(&order)).await.unwrap(), None);
+        assert_eq!(stored(&payments, &order).await, Some(Outcome::Voided));
+    }
+
+    #[tokio::test]
+    async fn a_cancel_after_a_decline_refunds_nothing() {
+        let payments = payments(never_declines());
+        let order = order(1);
+        let declined = Outcome::Declined {
+            reason: "no".to_owned(),
+        };
+        payments
+            .record(PaymentRecord {
+                payment: payment_of(&order),
+                outcome: declined.clone(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(payments.cancel(payment_of(&order)).await.unwrap(), None);
+        assert_eq!(stored(&payments, &order).await, Some(declined));
+    }
+
+    #[tokio::test]
+    async fn the_card_limit_itself_is_allowed_one_more_is_declined() {
+        let payments = payments(never_declines());
+        assert_eq!(payments.decide(&order(5)), Outcome::Succeeded);
+        assert_eq!(payments.decide(&order(1)), Outcome::Succeeded);
+        match payments.decide(&order(6)) {
+            Outcome::Declined { reason } => {
+                assert!(reason.contains("6 items, limit 5"), "{reason}")
+            }
+            other => panic!("6 items over a limit of 5: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_draw_equal_to_the_failure_rate_goes_through() {
+        // Declined when the draw is below the rate: with the rate set to
+        // exactly the draw the seed gives, the payment goes through; with
+        // the next larger rate, it is declined.
+        let seed = 11;
+        let draw: f64 = StdRng::seed_from_u64(seed).gen();
+        let with_rate = |failure_rate| {
+            payments(PaymentConfig {
+                failure_rate,
+                seed: Some(seed),
+                ..never_declines()
+            })
+        };
+        assert_eq!(with_rate(draw).decide(&order(1)), Outcome::Succeeded);
+        let just_above = f64::from_bits(draw.to_bits() + 1);
+        assert!(matches!(
+            with_rate(just_above).decide(&order(1)),
+            Outcome::Declined { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_payment_is_read_back_as_recorded() {
+        let config = PaymentConfig {
+            delay: Duration::from_millis(3),
+            ..never_declines()
+        };
+        let payments = payments(config.clone());
+        assert_eq!(payments.config(), &config);
+        let order = order(1);
+        assert_eq!(payments.get(order.id).await.unwrap(), None);
+        let record = PaymentRecord {
+            payment: payment_of(&order),
+            outcome: Outcome::Succeeded,
+        };
+        payments.record(record.clone()).await.unwrap();
+        assert_eq!(payments.get(order.id).await.unwrap(), Some(record));
+        assert_eq!(payments.get(OrderId::new()).await.unwrap(), None);
+    }
+}

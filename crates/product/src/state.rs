@@ -243,4 +243,30 @@ mod tests {
             None
         );
     }
+
+    #[tokio::test]
+    async fn a_reserve_for_the_same_order_with_another_quantity_is_refused() {
+        let catalogue = Catalogue::in_memory();
+        let product = catalogue
+            .create(ProductId::new(), Name::parse("Widget").unwrap(), q(10))
+            .await
+            .unwrap();
+        let order = OrderId::new();
+        catalogue.reserve(order, product.id, q(3)).await.unwrap();
+
+        // More and fewer than held: both refused, naming what is held, and
+        // the hold stays as it was.
+        for other in [4, 2] {
+            assert_eq!(
+                catalogue.reserve(order, product.id, q(other)).await,
+                Err(ReserveError::OrderAlreadyReserved(3)),
+                "a reserve of {other} for an order holding 3"
+            );
+        }
+        // The same quantity again is the retry: the same answer, held once.
+        let again = catalogue.reserve(order, product.id, q(3)).await.unwrap();
+        assert_eq!(again.quantity, q(3));
+        let now = catalogue.get(product.id).await.unwrap().unwrap();
+        assert_eq!((now.stock, now.available), (10, 7));
+    }
 }

@@ -29,14 +29,8 @@ const PEERS: Declaration = Declaration {
     name: "fake-peers",
     description: "plays the user and product modules for the order tests",
     serves: &[
-        Endpoint {
-            subject: contract::user::GET,
-            public: true,
-        },
-        Endpoint {
-            subject: contract::product::RESERVE,
-            public: false,
-        },
+        Endpoint::public(contract::user::GET),
+        Endpoint::internal(contract::product::RESERVE),
     ],
     requests: &[],
     publishes: &[],
