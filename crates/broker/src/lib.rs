@@ -1,5 +1,5 @@
 //! The broker for the demo and the tests: a real `nats-server`, started as a
-//! child process (see [`launcher`]), and the version rules it must meet (see
+//! child process (see [`NatsServer`]), and the version rules it must meet (see
 //! [`version`]).
 //!
 //! Stands apart from the framework: a module never starts a broker, it is
