@@ -369,3 +369,23 @@ pub(crate) async fn record_max_deliveries<S>(
     }
     let _ = advisories.unsubscribe().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_doubling_from_the_first_delay_up_to_the_longest() {
+        let options = ConsumerOptions {
+            first_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(1_000),
+            ..ConsumerOptions::default()
+        };
+        let ms = |delivered| options.backoff(delivered).as_millis();
+        // After the first delivery failed, the first delay; then doubled.
+        assert_eq!([ms(1), ms(2), ms(3), ms(4)], [100, 200, 400, 800]);
+        assert_eq!([ms(5), ms(6), ms(60)], [1_000, 1_000, 1_000], "capped");
+        assert_eq!(ms(0), 100, "an unknown count is a first delivery");
+        assert_eq!(ms(i64::MAX), 1_000);
+    }
+}

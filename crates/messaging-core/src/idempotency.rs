@@ -150,3 +150,158 @@ fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SUBJECT: &str = "probe.take";
+    const PAYLOAD: &[u8] = br#"{"what":"thing"}"#;
+
+    fn keys() -> IdempotencyKeys {
+        IdempotencyKeys {
+            table: Table::in_memory(),
+        }
+    }
+
+    impl IdempotencyKeys {
+        /// Writes a first attempt begun at `started_ms`, as a process
+        /// (perhaps one that died since) would have.
+        async fn begun_at(&self, key: &str, started_ms: u64) {
+            let claim = Remembered::InProgress {
+                started_ms,
+                request: fingerprint(PAYLOAD),
+            };
+            let record_key = Self::record_key(SUBJECT, key);
+            self.table.put(&record_key, &claim).await.unwrap();
+        }
+
+        /// When the claim on `key` was made, if it is in progress.
+        async fn claimed_at(&self, key: &str) -> Option<u64> {
+            let record_key = Self::record_key(SUBJECT, key);
+            match self.table.get(&record_key).await.unwrap()?.value {
+                Remembered::InProgress { started_ms, .. } => Some(started_ms),
+                Remembered::Replied { .. } => None,
+            }
+        }
+    }
+
+    /// What a claim came to, comparably.
+    fn outcome(claim: Claim) -> String {
+        match claim {
+            Claim::Claimed => "claimed".into(),
+            Claim::Busy => "busy".into(),
+            Claim::OtherRequest => "other request".into(),
+            Claim::Replay(Ok(reply)) => format!("replay {reply}"),
+            Claim::Replay(Err(err)) => format!("replay {}", err.status),
+        }
+    }
+
+    async fn claim(keys: &IdempotencyKeys, key: &str) -> String {
+        outcome(keys.claim(SUBJECT, key, PAYLOAD).await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_failure_worth_retrying_frees_the_key_and_a_refusal_is_replayed() {
+        let keys = keys();
+        for status in [500, 503, 504] {
+            let key = format!("key-{status}");
+            assert_eq!(claim(&keys, &key).await, "claimed");
+            let reply = Err(ServiceError::new(status, "down", "try again"));
+            keys.finish(SUBJECT, &key, PAYLOAD, &reply).await.unwrap();
+            assert_eq!(
+                claim(&keys, &key).await,
+                "claimed",
+                "after a {status} the retry runs again"
+            );
+        }
+        for status in [400, 404, 409, 422, 499] {
+            let key = format!("key-{status}");
+            assert_eq!(claim(&keys, &key).await, "claimed");
+            let reply = Err(ServiceError::new(status, "no", "refused"));
+            keys.finish(SUBJECT, &key, PAYLOAD, &reply).await.unwrap();
+            assert_eq!(
+                claim(&keys, &key).await,
+                format!("replay {status}"),
+                "a {status} is the answer, not a reason to run again"
+            );
+        }
+        assert_eq!(claim(&keys, "ok").await, "claimed");
+        keys.finish(SUBJECT, "ok", PAYLOAD, &Ok("done".into()))
+            .await
+            .unwrap();
+        assert_eq!(claim(&keys, "ok").await, "replay done");
+        // Keys are per subject: the same key elsewhere is another request.
+        let elsewhere = keys.claim("probe.other", "ok", PAYLOAD).await.unwrap();
+        assert_eq!(outcome(elsewhere), "claimed");
+    }
+
+    #[tokio::test]
+    async fn a_first_attempt_is_taken_over_once_stale_and_not_before() {
+        let keys = keys();
+        let stale_ms = STALE_CLAIM.as_millis() as u64;
+
+        // Begun a second ago: still running.
+        keys.begun_at("fresh", now_ms() - 1_000).await;
+        assert_eq!(claim(&keys, "fresh").await, "busy");
+
+        // Begun a second longer ago than a claim lives: its handler died.
+        let begun = now_ms() - stale_ms - 1_000;
+        keys.begun_at("dead", begun).await;
+        let before = now_ms();
+        assert_eq!(claim(&keys, "dead").await, "claimed");
+        let renewed = keys.claimed_at("dead").await.unwrap();
+        assert!(renewed >= before, "taken over from now on: {renewed}");
+        assert_eq!(claim(&keys, "dead").await, "busy", "by this attempt");
+    }
+
+    #[tokio::test]
+    async fn a_claim_exactly_as_old_as_the_stale_limit_still_stands() {
+        // The clock is the system's, so the boundary is met by starting
+        // each attempt at the beginning of a millisecond: the claim, a few
+        // microseconds later, almost always reads the same millisecond.
+        // Whatever millisecond it reads, the claim must be taken over if
+        // and only if it is older than the limit.
+        let keys = keys();
+        let stale_ms = STALE_CLAIM.as_millis() as u64;
+        for attempt in 0..50 {
+            let key = format!("key-{attempt}");
+            let tick = now_ms();
+            let at = loop {
+                let at = now_ms();
+                if at != tick {
+                    break at;
+                }
+                std::hint::spin_loop();
+            };
+            let begun = at - stale_ms;
+            keys.begun_at(&key, begun).await;
+            match claim(&keys, &key).await.as_str() {
+                // Read in millisecond `at`: exactly the limit, not stale.
+                "busy" => return,
+                "claimed" => {
+                    let now = keys.claimed_at(&key).await.unwrap();
+                    assert!(
+                        now - begun > stale_ms,
+                        "a claim {} ms old was taken over (limit {stale_ms} ms)",
+                        now - begun
+                    );
+                }
+                other => panic!("{other}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn another_payload_under_the_same_key_is_refused() {
+        let keys = keys();
+        assert_eq!(claim(&keys, "k").await, "claimed");
+        let other = keys.claim(SUBJECT, "k", b"{}").await.unwrap();
+        assert_eq!(outcome(other), "other request");
+        keys.finish(SUBJECT, "k", PAYLOAD, &Ok("done".into()))
+            .await
+            .unwrap();
+        let other = keys.claim(SUBJECT, "k", b"{}").await.unwrap();
+        assert_eq!(outcome(other), "other request");
+    }
+}

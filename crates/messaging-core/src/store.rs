@@ -568,4 +568,84 @@ mod tests {
             .unwrap(); // 7, fresh in a's cache: refused without a retry loop
         assert!(a.modify("n", even_only).await.is_err());
     }
+
+    #[tokio::test]
+    async fn a_table_remembers_what_it_wrote_for_its_next_compare_and_set() {
+        let table: Table<u32> = Table::in_memory();
+        let remembered = |key: &str| table.cache.lock().unwrap().peek(key).cloned();
+        let revision = table.create("a", &1).await.unwrap();
+        assert_eq!(remembered("a"), Some(Versioned { value: 1, revision }));
+        let revision = table.put("a", &2).await.unwrap();
+        assert_eq!(remembered("a"), Some(Versioned { value: 2, revision }));
+        table
+            .modify::<(), StoreError>("a", |n| Ok(Change::Write(n.unwrap() + 1, ())))
+            .await
+            .unwrap();
+        let stored = table.get("a").await.unwrap();
+        assert_eq!(remembered("a"), stored);
+        assert_eq!(stored.map(|v| v.value), Some(3));
+        table.delete("a").await.unwrap();
+        assert_eq!(remembered("a"), None, "nothing to start from");
+    }
+
+    #[test]
+    fn keys_are_spread_over_the_lock_stripes() {
+        let used: std::collections::HashSet<usize> = (0..4 * LOCK_STRIPES)
+            .map(|n| stripe_of(&n.to_string()))
+            .collect();
+        assert!(used.iter().all(|&s| s < LOCK_STRIPES));
+        // 1024 keys over 256 stripes: all but a few are used.
+        assert!(used.len() > LOCK_STRIPES * 3 / 4, "{} stripes", used.len());
+    }
+
+    /// A memory table whose rows live `max_age`.
+    fn expiring(max_age: Duration) -> Table<u32> {
+        Table {
+            backend: Backend::Memory(Arc::new(Mutex::new(Memory::with_max_age(Some(max_age))))),
+            stripes: stripes(),
+            cache: cache(),
+        }
+    }
+
+    async fn value(table: &Table<u32>, key: &str) -> Option<u32> {
+        table.get(key).await.unwrap().map(|v| v.value)
+    }
+
+    #[tokio::test]
+    async fn a_memory_row_lives_max_age_from_its_last_write() {
+        // Rows expire as later writes see them old. The test sleeps past
+        // the age it needs, and redoes a round whose timing a busy machine
+        // stretched too far to tell anything.
+        use std::time::Instant;
+        let max_age = Duration::from_millis(300);
+        for _ in 0..5 {
+            let table = expiring(max_age);
+            table.put("a", &1).await.unwrap();
+            let first = Instant::now();
+            table.put("b", &1).await.unwrap();
+            assert_eq!(value(&table, "a").await, Some(1), "a young row stays");
+
+            // Rewritten halfway: its age counts from the rewrite.
+            tokio::time::sleep(max_age / 2).await;
+            let rewriting = Instant::now();
+            table.put("a", &2).await.unwrap();
+            tokio::time::sleep_until((first + max_age).into()).await;
+            table.put("c", &1).await.unwrap();
+            let wrote_c = Instant::now();
+            if wrote_c - rewriting >= max_age {
+                continue; // "a" may be old by now: nothing to tell.
+            }
+            assert_eq!(value(&table, "b").await, None, "b is older than max_age");
+            assert_eq!(value(&table, "a").await, Some(2), "a was rewritten since");
+            assert_eq!(value(&table, "c").await, Some(1));
+
+            tokio::time::sleep_until((wrote_c + max_age).into()).await;
+            table.put("d", &1).await.unwrap();
+            assert_eq!(value(&table, "a").await, None, "a's rewrite is old now");
+            assert_eq!(value(&table, "c").await, None);
+            assert_eq!(value(&table, "d").await, Some(1));
+            return;
+        }
+        panic!("the machine is too busy to time a 300 ms expiry");
+    }
 }

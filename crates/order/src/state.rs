@@ -258,4 +258,127 @@ mod tests {
             Err("unknown".into())
         );
     }
+
+    fn pending() -> Order {
+        Order {
+            id: OrderId::new(),
+            user_id: UserId::new(),
+            product_id: ProductId::new(),
+            quantity: Quantity::new(1).unwrap(),
+            status: OrderStatus::Pending,
+        }
+    }
+
+    /// Milliseconds since the Unix epoch, read here rather than through
+    /// the code under test.
+    fn wall_clock_ms() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    }
+
+    async fn open_ids(orders: &Orders) -> Vec<OrderId> {
+        let mut ids: Vec<OrderId> = orders
+            .open_orders()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        ids.sort_by_key(|id| id.to_string());
+        ids
+    }
+
+    #[tokio::test]
+    async fn an_order_is_in_the_open_index_from_its_insert_until_it_is_terminal() {
+        use OrderStatus::*;
+        let orders = Orders::in_memory();
+        let before = wall_clock_ms();
+        let fulfilled = pending();
+        let stored = orders
+            .insert(fulfilled.clone(), uuid::Uuid::new_v4())
+            .await
+            .unwrap();
+        let after = wall_clock_ms();
+        assert_eq!(stored.order, fulfilled);
+        assert_eq!(orders.get(fulfilled.id).await.unwrap(), Some(stored));
+
+        // The marker holds when it was set.
+        let marker = orders.open.get(&fulfilled.id.to_string()).await.unwrap();
+        let set_at = marker.expect("a marker for the inserted order").value;
+        assert!((before..=after).contains(&set_at), "{set_at}");
+        assert_eq!(open_ids(&orders).await, [fulfilled.id]);
+
+        // Paid is not finished; fulfilled is.
+        orders.transition(fulfilled.id, Paid, None).await.unwrap();
+        assert_eq!(open_ids(&orders).await, [fulfilled.id]);
+        orders
+            .transition(fulfilled.id, Fulfilled, None)
+            .await
+            .unwrap();
+        assert_eq!(open_ids(&orders).await, []);
+
+        // Failed and cancelled are finished too.
+        for end in [Failed, Cancelled] {
+            let order = pending();
+            orders
+                .insert(order.clone(), uuid::Uuid::new_v4())
+                .await
+                .unwrap();
+            assert_eq!(open_ids(&orders).await, [order.id]);
+            orders.transition(order.id, end, Some("why")).await.unwrap();
+            assert_eq!(open_ids(&orders).await, [], "{end}");
+        }
+
+        // A marker left behind (the drop failed) goes when the terminal
+        // transition is seen again.
+        orders
+            .open
+            .put(&fulfilled.id.to_string(), &after)
+            .await
+            .unwrap();
+        assert_eq!(
+            status(orders.transition(fulfilled.id, Fulfilled, None).await),
+            Ok(("already", Fulfilled))
+        );
+        assert_eq!(open_ids(&orders).await, []);
+    }
+
+    #[tokio::test]
+    async fn an_open_order_comes_with_the_age_of_its_marker() {
+        let orders = Orders::in_memory();
+        let (old, new) = (OrderId::new(), OrderId::new());
+        let now = wall_clock_ms();
+        orders
+            .open
+            .put(&old.to_string(), &(now - 120_000))
+            .await
+            .unwrap();
+        orders.open.put(&new.to_string(), &now).await.unwrap();
+        // Not an order id: skipped, not an error.
+        orders.open.put("not-an-id", &now).await.unwrap();
+
+        let open: std::collections::HashMap<_, _> =
+            orders.open_orders().await.unwrap().into_iter().collect();
+        assert_eq!(open.len(), 2, "{open:?}");
+        // Measured from the marker, give or take how long this test runs.
+        let secs = std::time::Duration::from_secs;
+        let old_age = open[&old];
+        assert!(old_age >= secs(120) && old_age < secs(180), "{old_age:?}");
+        assert!(open[&new] < secs(60), "{:?}", open[&new]);
+
+        orders.close(old).await.unwrap();
+        assert_eq!(open_ids(&orders).await, [new]);
+    }
+
+    #[test]
+    fn users_are_known_once_remembered() {
+        let orders = Orders::in_memory();
+        let (ada, bob) = (UserId::new(), UserId::new());
+        assert!(!orders.known_user(ada));
+        orders.remember_user(ada);
+        assert!(orders.known_user(ada));
+        assert!(!orders.known_user(bob));
+    }
 }

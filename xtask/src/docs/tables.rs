@@ -109,7 +109,8 @@ mod tests {
         assert!(tables.contains("| `stock.take` | "), "{tables}");
         assert!(tables.contains("| — | stock | no: shop only |"), "{tables}");
         assert!(
-            tables.contains("400 `bad_request`, 409 `request_in_progress`"),
+            tables
+                .contains("400 `bad_request`, 413 `payload_too_large`, 409 `request_in_progress`"),
             "{tables}"
         );
         assert!(

@@ -1,5 +1,7 @@
 //! Integration tests of messaging-core, each against its own real nats-server.
 
+mod consumers;
 mod declarations;
 mod durability;
 mod serving;
+mod tables;

@@ -1,8 +1,10 @@
 //! Integration tests of the order module, each against its own real
 //! nats-server, with the user and product modules played by a fake module
 //! (`support::Peers`): placing orders and their refusals, malformed input,
-//! and the lifecycle driven by payment and stock events.
+//! the lifecycle driven by payment and stock events, and the recovery sweep
+//! at start.
 
 mod lifecycle;
 mod placing;
+mod recovery;
 mod support;
