@@ -10,6 +10,7 @@ mod cargo;
 mod ci;
 mod demo;
 mod docs;
+mod mutants;
 mod nats;
 mod tests;
 
@@ -27,6 +28,9 @@ Tasks:
   docs [--check]   generate docs/asyncapi.yaml, docs/permissions.md and the README/ARCHITECTURE
                    blocks from the contract; --check fails if a committed file differs
   ci               setup, arch, docs --check, fmt --check, clippy -D warnings, test, doc -D warnings
+  mutants [ARGS...]
+                   cargo mutants on the state, store, idempotency and consumer code (installs
+                   cargo-mutants if missing; slow, not part of ci); fails if a mutant is missed
   help             print this message
 ";
 
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
         .map(|()| ExitCode::SUCCESS),
         Some("demo") => demo::run(&rest),
         Some("bench") => bench::run(&rest),
+        Some("mutants") => mutants::run(&rest),
         Some(unknown) => {
             eprintln!("error: unknown task `{unknown}`\n");
             eprint!("{USAGE}");
