@@ -48,8 +48,19 @@ impl App {
         payment: PaymentConfig,
         storage: Storage,
     ) -> anyhow::Result<App> {
+        Self::start_some(broker, &Modules::all(), payment, storage).await
+    }
+
+    /// Starts (or joins) the broker and registers the `modules` asked for:
+    /// the others may run in other processes, or not at all.
+    pub async fn start_some(
+        broker: Broker,
+        modules: &Modules,
+        payment: PaymentConfig,
+        storage: Storage,
+    ) -> anyhow::Result<App> {
         let (server, connection, url) = connect(broker).await?;
-        let modules = register_modules(connection.client(), payment, storage).await?;
+        let modules = register_some(connection.client(), modules, payment, storage).await?;
         Ok(App {
             server,
             url,
@@ -100,21 +111,79 @@ impl App {
     }
 }
 
-/// Registers every module on `client`, their state kept as `storage` says:
-/// the one place a new module is added.
+/// Registers every module on `client`, their state kept as `storage` says.
 pub async fn register_modules(
     client: &async_nats::Client,
     payment: PaymentConfig,
     storage: Storage,
 ) -> Result<Vec<ModuleHandle>, RegisterError> {
+    register_some(client, &Modules::all(), payment, storage).await
+}
+
+/// Registers the `modules` asked for on `client`: the one place a new
+/// module is added.
+pub async fn register_some(
+    client: &async_nats::Client,
+    modules: &Modules,
+    payment: PaymentConfig,
+    storage: Storage,
+) -> Result<Vec<ModuleHandle>, RegisterError> {
     let options = ModuleOptions::with_storage(storage);
-    Ok(vec![
-        user::register_with(client.clone(), options).await?,
-        product::register_with(client.clone(), options).await?,
-        order::register_with(client.clone(), options).await?,
-        payment::register_with(client.clone(), payment, options).await?,
-        shipping::register_with(client.clone(), options).await?,
-    ])
+    let mut handles = Vec::new();
+    for name in &modules.0 {
+        let client = client.clone();
+        handles.push(match *name {
+            "user" => user::register_with(client, options).await?,
+            "product" => product::register_with(client, options).await?,
+            "order" => order::register_with(client, options).await?,
+            "payment" => payment::register_with(client, payment.clone(), options).await?,
+            "shipping" => shipping::register_with(client, options).await?,
+            other => {
+                return Err(RegisterError::Config(format!(
+                    "module {other} is declared in the contract but this demo cannot run it"
+                )))
+            }
+        });
+    }
+    Ok(handles)
+}
+
+/// A set of modules to run, by name, in the contract's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Modules(Vec<&'static str>);
+
+impl Modules {
+    /// Every module the contract declares.
+    pub fn all() -> Self {
+        Self(contract::MODULES.iter().map(|m| m.name).collect())
+    }
+
+    /// Parses a comma-separated list (`order,payment`); names are checked
+    /// against the contract.
+    pub fn parse(list: &str) -> Result<Self, String> {
+        let wanted: Vec<&str> = list.split(',').map(str::trim).collect();
+        if let Some(unknown) = wanted.iter().find(|w| contract::module(w).is_none()) {
+            let known: Vec<&str> = contract::MODULES.iter().map(|m| m.name).collect();
+            return Err(format!(
+                "no module called {unknown:?} (modules: {})",
+                known.join(", ")
+            ));
+        }
+        let chosen: Vec<&'static str> = contract::MODULES
+            .iter()
+            .map(|m| m.name)
+            .filter(|name| wanted.contains(name))
+            .collect();
+        Ok(Self(chosen))
+    }
+
+    pub fn names(&self) -> &[&'static str] {
+        &self.0
+    }
+
+    pub fn is_all(&self) -> bool {
+        *self == Self::all()
+    }
 }
 
 /// Starts (or joins) the broker and connects; checks that it has JetStream.

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-/// The event-driven modular monolith on NATS: four modules, one bus.
+use crate::app::Modules;
+
+/// The event-driven modular monolith on NATS: five modules, one bus.
 #[derive(Debug, Parser)]
 #[command(name = "demo", version)]
 pub struct Cli {
@@ -38,6 +40,11 @@ pub struct Cli {
     /// Keep module state in process memory instead of JetStream key-value buckets.
     #[arg(long, global = true)]
     pub ephemeral: bool,
+
+    /// The modules to run in this process, comma-separated (default: all of
+    /// them). Several processes, each with some, form one system.
+    #[arg(long, value_parser = parse_modules, global = true)]
+    pub modules: Option<Modules>,
 
     /// When the launched broker syncs JetStream writes to disk (see README).
     #[arg(long, value_enum, default_value_t = Sync::Interval, global = true)]
@@ -76,6 +83,10 @@ pub enum Sync {
     Always,
 }
 
+fn parse_modules(text: &str) -> Result<Modules, String> {
+    Modules::parse(text)
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     if text.trim() == "0" {
         return Ok(Duration::ZERO);
@@ -107,5 +118,12 @@ mod tests {
         assert_eq!(parse_rate("0.25"), Ok(0.25));
         assert!(parse_rate("1.5").is_err());
         assert!(parse_rate("x").is_err());
+        assert_eq!(
+            parse_modules("payment, order").unwrap().names(),
+            ["order", "payment"]
+        );
+        assert!(parse_modules("order,billing")
+            .unwrap_err()
+            .contains("no module called \"billing\""));
     }
 }

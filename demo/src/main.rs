@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use broker::{BrokerConfig, SyncMode};
 use clap::Parser;
-use demo::app::{App, Broker};
+use demo::app::{App, Broker, Modules};
 use demo::cli::{Cli, Command, DeadLetterCommand, Sync};
 use messaging_core::dead_letter::DeadLetters;
 use messaging_core::Storage;
@@ -71,11 +71,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return dead_letters(broker, storage, action).await;
     }
 
+    let modules = cli.modules.unwrap_or_else(Modules::all);
+    anyhow::ensure!(
+        modules.is_all() || matches!(command, Command::Serve),
+        "the scenario needs every module; run a subset with `serve --modules ...`"
+    );
+
     let signal = interrupted();
     tokio::pin!(signal);
 
     let app = tokio::select! {
-        app = App::start(broker, payment, storage) => app?,
+        app = App::start_some(broker, &modules, payment, storage) => app?,
         // Dropping the half-started app kills the child broker.
         () = &mut signal => return Ok(()),
     };
@@ -85,11 +91,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => {
             tracing::info!(
                 url = app.url(),
+                modules = modules.names().join(","),
                 "modules serving; connect to this URL (Ctrl-C to stop)"
             );
             println!("serving on {}", app.url());
             (&mut signal).await;
             signalled = true;
+            // What this process did, so that an operator running several
+            // sees how the work split between them.
+            for module in app.modules() {
+                for stats in module.all_stats() {
+                    tracing::info!(
+                        module = module.name(),
+                        handler = stats.handler,
+                        handled = stats.completed,
+                        failed = stats.failed,
+                        "handled"
+                    );
+                }
+            }
             Ok(())
         }
         _ => tokio::select! {

@@ -9,4 +9,5 @@ mod durability;
 mod flow;
 mod hostile;
 mod saga;
+mod split;
 mod support;
