@@ -331,6 +331,35 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
         }
     }
 
+    /// Removes `key` and leaves nothing behind: unlike [`Table::delete`],
+    /// which writes a delete marker that a bucket keeps for ever, this
+    /// erases the stored value itself. For index-like tables whose size
+    /// must follow what is live, not the history.
+    pub async fn remove(&self, key: &str) -> Result<(), StoreError> {
+        self.cache.lock().expect("cache lock").pop(key);
+        match &self.backend {
+            Backend::Memory(memory) => {
+                memory.lock().expect("table lock").rows.remove(key);
+                Ok(())
+            }
+            Backend::Kv(store) => {
+                // A bucket's stream refuses to delete single messages, but
+                // purges by subject: the key's messages, markers included.
+                if !is_valid_key(key) {
+                    return Ok(());
+                }
+                let subject = format!("{}{key}", store.prefix);
+                store
+                    .stream
+                    .purge()
+                    .filter(subject)
+                    .await
+                    .map(|_| ())
+                    .map_err(unavailable)
+            }
+        }
+    }
+
     /// Every key in the table.
     pub async fn keys(&self) -> Result<Vec<String>, StoreError> {
         match &self.backend {
@@ -472,6 +501,16 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
     }
 }
 
+/// Whether `key` can be a key-value key (the same rule as async-nats's).
+fn is_valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && !key.starts_with('.')
+        && !key.ends_with('.')
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '/' | '_' | '=' | '.'))
+}
+
 fn encode<V: Serialize>(value: &V) -> Bytes {
     // Our state types are plain structs: encoding them cannot fail.
     Bytes::from(serde_json::to_vec(value).expect("state values encode as JSON"))
@@ -567,6 +606,27 @@ mod tests {
             .await
             .unwrap(); // 7, fresh in a's cache: refused without a retry loop
         assert!(a.modify("n", even_only).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_refusal_decided_on_a_fresh_read_is_returned_as_is() {
+        let table: Table<u32> = Table::in_memory();
+        table.create("n", &1).await.unwrap(); // cached
+        let mut decisions = 0;
+        let refused: Result<(), StoreError> = table
+            .modify("n", |_| {
+                decisions += 1;
+                Err(StoreError::Exists("refused".into()))
+            })
+            .await;
+        assert!(
+            matches!(&refused, Err(StoreError::Exists(why)) if why == "refused"),
+            "{refused:?}"
+        );
+        assert_eq!(
+            decisions, 2,
+            "once on the cached value, once on a fresh read"
+        );
     }
 
     #[tokio::test]

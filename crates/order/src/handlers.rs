@@ -13,7 +13,7 @@ use contract::product::INSUFFICIENT_STOCK;
 use contract::product::{ReserveStock, StockChange, StockUpdated};
 use contract::user::GetUser;
 use contract::NOT_FOUND;
-use messaging_core::{Bus, Context, Event, EventError, RequestError, ServiceError};
+use messaging_core::{Announced, Bus, Context, Event, EventError, RequestError, ServiceError};
 
 use crate::state::{OrderRecord, Orders, Transition, TransitionError};
 
@@ -33,7 +33,11 @@ pub async fn place_order(
     // already there; a fresh random id cannot, so skip the read.
     if ctx.idempotency_key().is_some() {
         if let Some(existing) = orders.get(id).await? {
-            announce_placed(&ctx, &existing).await?;
+            // Announced again only while pending: an order that went on
+            // (paid, cancelled) must not be "created" once more.
+            if existing.order.status == OrderStatus::Pending {
+                announce_placed(&orders, &ctx, &existing).await?;
+            }
             return Ok(existing.order);
         }
     }
@@ -77,7 +81,7 @@ pub async fn place_order(
     })?;
 
     let record = orders.insert(order, ctx.correlation_id()).await?;
-    announce_placed(&ctx, &record).await?;
+    announce_placed(&orders, &ctx, &record).await?;
     Ok(record.order)
 }
 
@@ -85,13 +89,19 @@ pub async fn place_order(
 /// happens to its event: the client is told so (never a `503` for an order
 /// that then goes through), and the event goes out as soon as the stream
 /// takes it, or at the next start from the recovery sweep.
-async fn announce_placed(ctx: &Context, record: &OrderRecord) -> Result<(), ServiceError> {
-    let created = OrderCreated {
-        order: record.order.clone(),
-    };
-    let fact = fact(record.order.id, OrderStatus::Pending);
-    ctx.announce_fact(&created, &fact).await?;
-    Ok(())
+async fn announce_placed(
+    orders: &Orders,
+    ctx: &Context,
+    record: &OrderRecord,
+) -> Result<(), ServiceError> {
+    announce(
+        orders,
+        ctx,
+        record,
+        OrderStatus::Pending,
+        Delivery::Eventually,
+    )
+    .await
 }
 
 /// `order.get`: `404 not_found` for an unknown id.
@@ -198,33 +208,74 @@ async fn advance(
         }
         Err(TransitionError::Store(err)) => return Err(err.into()),
     };
-    announce(ctx, &record, to).await?;
+    // A cancellation is a request answered as done: its event may follow.
+    let delivery = if to == OrderStatus::Cancelled {
+        Delivery::Eventually
+    } else {
+        Delivery::Now
+    };
+    announce(orders, ctx, &record, to, delivery).await?;
     Ok(record.order)
 }
 
-/// Publishes the event of `record` having reached `status`.
+/// How an announcement may go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// Stored now, or fail (an event handler: its event comes again).
+    Now,
+    /// Stored now or in the background (a request whose change is stored
+    /// and answered as done, a recovery sweep that must not stop a start).
+    Eventually,
+}
+
+/// Publishes the event of `record` having reached `status`; once a
+/// terminal status's event is stored, the order leaves the open-order
+/// index. Until then its marker stays, so that a restart announces it again
+/// (the same fact: nothing happens twice).
 async fn announce(
+    orders: &Orders,
     ctx: &Context,
     record: &OrderRecord,
     status: OrderStatus,
+    delivery: Delivery,
 ) -> Result<(), ServiceError> {
     let order = record.order.clone();
     let fact = fact(order.id, status);
-    match status {
-        OrderStatus::Pending => publish(ctx, &OrderCreated { order }, &fact).await,
-        OrderStatus::Paid => publish(ctx, &OrderPaid { order }, &fact).await,
-        OrderStatus::Fulfilled => publish(ctx, &OrderFulfilled { order }, &fact).await,
-        OrderStatus::Cancelled => publish(ctx, &OrderCancelled { order }, &fact).await,
+    let stored = match status {
+        OrderStatus::Pending => publish(ctx, &OrderCreated { order }, &fact, delivery).await,
+        OrderStatus::Paid => publish(ctx, &OrderPaid { order }, &fact, delivery).await,
+        OrderStatus::Fulfilled => publish(ctx, &OrderFulfilled { order }, &fact, delivery).await,
+        OrderStatus::Cancelled => publish(ctx, &OrderCancelled { order }, &fact, delivery).await,
         OrderStatus::Failed => {
             let reason = record.reason.clone().unwrap_or_default();
-            publish(ctx, &OrderFailed { order, reason }, &fact).await
+            publish(ctx, &OrderFailed { order, reason }, &fact, delivery).await
+        }
+    }?;
+    if stored && crate::lifecycle::is_terminal(status) {
+        if let Err(err) = orders.close(record.order.id).await {
+            // Harmless: the next start announces it again, then closes it.
+            tracing::debug!(order_id = %record.order.id, %err, "open-order marker not dropped");
         }
     }
+    Ok(())
 }
 
-async fn publish<E: Event>(ctx: &Context, event: &E, fact: &str) -> Result<(), ServiceError> {
-    ctx.publish_fact(event, fact).await?;
-    Ok(())
+/// Publishes `event`; `true` once the stream stored it, `false` if it is
+/// left to the deferred publisher.
+async fn publish<E: Event>(
+    ctx: &Context,
+    event: &E,
+    fact: &str,
+    delivery: Delivery,
+) -> Result<bool, ServiceError> {
+    match delivery {
+        Delivery::Now => ctx.publish_fact(event, fact).await.map(|_| true),
+        Delivery::Eventually => ctx
+            .announce_fact(event, fact)
+            .await
+            .map(|announced| matches!(announced, Announced::Stored(_))),
+    }
+    .map_err(Into::into)
 }
 
 /// The fact "order `id` reached `status`": one event id per transition.
@@ -232,43 +283,45 @@ fn fact(id: OrderId, status: OrderStatus) -> String {
     format!("order/{id}/{status}")
 }
 
-/// Re-announces the orders still in flight (`pending`, `paid`) at start:
-/// whatever the process did not get out before it stopped (or crashed) goes
-/// out now, in the order's own flow. Each announcement is the same fact as
-/// before, so nothing happens twice.
+/// Re-announces, at start, every order of the open-order index: those still
+/// in flight (`pending`, `paid`), and those whose terminal event was not
+/// known to be stored (a cancellation answered as done, then a crash).
+/// Whatever the process did not get out before it stopped goes out now, in
+/// the order's own flow; each announcement is the same fact as before, so
+/// nothing happens twice.
 ///
-/// Terminal orders need nothing: the events that made them terminal are
-/// redelivered until handled, and handling re-announces. Only the orders of
-/// the open-order index are read, so a restart takes as long as there is
-/// unfinished work, not as long as the history.
+/// Only the orders of the index are read, so a restart takes as long as
+/// there is unfinished work, not as long as the history. An order that
+/// cannot be announced now is left to the deferred publisher (and to the
+/// next start): a full stream must not keep the module from starting.
 pub async fn recover(orders: &Orders, bus: &Bus) -> Result<usize, ServiceError> {
     let mut announced = 0;
     for (id, age) in orders.open_orders().await? {
-        let record = match orders.get(id).await? {
-            Some(record) if !crate::lifecycle::is_terminal(record.order.status) => record,
-            // Finished: its marker outlived it.
-            Some(_) => {
-                orders.close(id).await?;
-                continue;
-            }
+        let record = match orders.get(id).await {
+            Ok(Some(record)) => record,
             // Never stored (a crash between the marker and the order), or
             // being stored right now by another instance: only an old marker
             // is known to be the former.
-            None => {
+            Ok(None) => {
                 if age > ABANDONED_MARKER {
                     orders.close(id).await?;
                 }
                 continue;
             }
+            Err(err) => {
+                tracing::warn!(order_id = %id, %err, "order not resumed now; at the next start");
+                continue;
+            }
         };
         let flow = record.correlation_id.unwrap_or_else(uuid::Uuid::new_v4);
-        announce(
-            &Context::in_flow(bus.clone(), flow),
-            &record,
-            record.order.status,
-        )
-        .await?;
-        announced += 1;
+        let ctx = Context::in_flow(bus.clone(), flow);
+        let status = record.order.status;
+        match announce(orders, &ctx, &record, status, Delivery::Eventually).await {
+            Ok(()) => announced += 1,
+            Err(err) => {
+                tracing::warn!(order_id = %id, %err, "order not resumed now; at the next start")
+            }
+        }
     }
     Ok(announced)
 }

@@ -7,9 +7,10 @@
 //!
 //! Beside the orders, the `orders_open` table indexes the unfinished ones,
 //! so that a restart resumes them without reading the whole history: a
-//! marker is written *before* its order is stored and removed *after* the
-//! order is terminal, so every unfinished order has one (a stale marker
-//! only costs the sweep a read).
+//! marker is written *before* its order is stored and removed only *after*
+//! the event of its terminal status is stored, so every order with work
+//! left has one (a stale marker only costs the sweep a read and an
+//! announcement of the same fact).
 
 use contract::order::{Order, OrderId, OrderStatus};
 use contract::user::UserId;
@@ -145,7 +146,8 @@ impl Orders {
 
     /// Drops the marker of an order found finished (or never stored).
     pub async fn close(&self, id: OrderId) -> Result<(), StoreError> {
-        self.open.delete(&id.to_string()).await
+        // Erased, not marked deleted: the index must not grow with history.
+        self.open.remove(&id.to_string()).await
     }
 
     /// Moves order `id` to `to` if the lifecycle allows it.
@@ -174,14 +176,6 @@ impl Orders {
                 Ok(Change::Write(next.clone(), Transition::Applied(next)))
             })
             .await?;
-        let (Transition::Applied(now) | Transition::AlreadyDone(now)) = &transition;
-        if crate::lifecycle::is_terminal(now.order.status) {
-            // After the order is terminal; if this fails, the sweep at the
-            // next start finds the stale marker and drops it.
-            if let Err(err) = self.close(id).await {
-                tracing::debug!(order_id = %id, %err, "open-order marker not dropped");
-            }
-        }
         Ok(transition)
     }
 }

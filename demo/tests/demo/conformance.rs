@@ -36,7 +36,12 @@ async fn each_module_serves_exactly_its_declared_endpoints() {
 
 #[tokio::test]
 async fn every_stored_event_is_declared_by_the_module_that_published_it() {
-    let system = spawn_system(Some(instant_payments())).await;
+    // Payments take a while, so that the cancellation below comes first.
+    let system = spawn_system(Some(payment::PaymentConfig {
+        delay: std::time::Duration::from_millis(300),
+        ..instant_payments()
+    }))
+    .await;
     let payment = system.module("payment");
     let user = system.user().await;
     let product = system.product(100).await;
@@ -44,10 +49,11 @@ async fn every_stored_event_is_declared_by_the_module_that_published_it() {
     let paid = system.place(&user, &product, 2).await.unwrap();
     let declined = system.place(&user, &product, 60).await.unwrap();
     let cancelled = system.place(&user, &product, 1).await.unwrap();
-    let _ = system
+    let cancel = system
         .bus()
         .request(&CancelOrder { id: cancelled.id })
         .await;
+    assert_eq!(cancel.unwrap().status, OrderStatus::Cancelled);
     // Every order's payment is decided, and the paid one ships.
     payment
         .handled(contract::order::CREATED, 3, WAIT)
