@@ -339,6 +339,7 @@ pub(crate) async fn watch_max_deliveries(
 /// every event it gives up on is one of those.
 pub(crate) async fn record_max_deliveries<S>(
     shared: Arc<Shared<S>>,
+    durable: String,
     subject: &'static str,
     mut advisories: async_nats::Subscriber,
     stats: Arc<HandlerStats>,
@@ -353,6 +354,14 @@ pub(crate) async fn record_max_deliveries<S>(
         else {
             continue;
         };
+        // Any client can publish on an advisory subject: believe only what
+        // the stream confirms (our consumer, our stream, an event of our
+        // subject at that sequence), or an attacker could fill the dead
+        // letters with made-up ids and old real events.
+        if !is_genuine(&shared.bus, &advisory, &durable, subject).await {
+            tracing::debug!(consumer = %durable, "max-deliveries advisory ignored: not about our events");
+            continue;
+        }
         let letter = DeadLetter::new(
             DeadLetterKind::MaxDeliveries,
             &advisory.consumer,
@@ -368,6 +377,25 @@ pub(crate) async fn record_max_deliveries<S>(
         }
     }
     let _ = advisories.unsubscribe().await;
+}
+
+/// Whether a max-deliveries advisory is about an event of ours.
+async fn is_genuine(
+    bus: &crate::Bus,
+    advisory: &MaxDeliveriesAdvisory,
+    durable: &str,
+    subject: &str,
+) -> bool {
+    if advisory.consumer != durable || advisory.stream != EVENTS_STREAM {
+        return false;
+    }
+    let Ok(stream) = bus.jetstream().get_stream(EVENTS_STREAM).await else {
+        return false;
+    };
+    match stream.get_raw_message(advisory.stream_seq).await {
+        Ok(message) => message.subject.as_str() == subject,
+        Err(_) => false,
+    }
 }
 
 #[cfg(test)]

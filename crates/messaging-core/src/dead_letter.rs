@@ -264,6 +264,7 @@ fn is_letter_id(id: &str) -> bool {
 /// The fields we use of the server's max-deliveries advisory.
 #[derive(Debug, Deserialize)]
 pub(crate) struct MaxDeliveriesAdvisory {
+    pub stream: String,
     pub consumer: String,
     pub stream_seq: u64,
     pub deliveries: i64,

@@ -4,9 +4,12 @@
 //!
 //! This is what lets a handler tell its client the truth: the order *is*
 //! placed, its `events.order.created` goes out as soon as the stream takes
-//! it. It lives in memory: what a stop leaves unpublished is logged, and is
-//! the owner's to announce again at its next start (the order module's
-//! recovery sweep re-announces every unfinished order).
+//! it. It lives in memory. A graceful stop finishes it *after* the handlers
+//! (which may still defer events) and gives what is queued a last bounded
+//! chance; what even that leaves unpublished is logged, and is the owner's
+//! to announce again at its next start (the order module's recovery sweep
+//! re-announces every unfinished order; a user's or product's
+//! `created` event is then lost, which the README's limits say).
 
 use std::time::Duration;
 
@@ -23,6 +26,9 @@ const CAPACITY: usize = 10_000;
 /// First wait before trying a deferred event again; doubles up to the max.
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(5);
+
+/// How long a stopping module keeps trying what is still queued.
+const LAST_CHANCE: Duration = Duration::from_secs(5);
 
 /// The sending side, held by a module's bus.
 #[derive(Debug, Clone)]
@@ -45,55 +51,75 @@ impl Deferred {
                 tracing::warn!(subject, %err, "event not stored yet; publishing it in the background");
                 Ok(())
             }
-            Err(_) => Err(PublishError::Stream {
+            Err(mpsc::error::TrySendError::Full(_)) => Err(PublishError::Stream {
                 subject,
                 reason: format!("{err} (and {CAPACITY} events already wait to be published)"),
+            }),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(PublishError::Stream {
+                subject,
+                reason: format!("{err} (and the module has stopped publishing)"),
             }),
         }
     }
 }
 
-/// Publishes the deferred events, in order, each until the stream takes it,
-/// until `cancel` fires.
+/// Publishes the deferred events, in order, each until the stream takes it.
+/// When `finish` fires (a graceful stop, once the handlers are done), what
+/// is still queued gets [`LAST_CHANCE`], then the rest is counted as lost.
 pub(crate) async fn publish_deferred(
     bus: Bus,
     mut waiting: mpsc::Receiver<OutgoingEvent>,
-    cancel: CancellationToken,
+    finish: CancellationToken,
 ) {
-    loop {
+    let mut pending = None;
+    while pending.is_none() {
         let event = tokio::select! {
+            biased;
             event = waiting.recv() => event,
-            () = cancel.cancelled() => break,
+            () = finish.cancelled() => break,
         };
-        let Some(event) = event else { break };
+        let Some(event) = event else { return };
         let mut delay = FIRST_RETRY;
-        loop {
-            match bus.send_event(&event).await {
-                Ok(_) => {
-                    tracing::info!(subject = event.subject, "deferred event stored");
-                    break;
-                }
-                Err(err) => {
-                    tracing::debug!(subject = event.subject, %err, ?delay, "deferred event still not stored")
-                }
+        let stored = loop {
+            if bus.send_event(&event).await.is_ok() {
+                break true;
             }
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                () = cancel.cancelled() => {
-                    lost(1 + waiting.len());
-                    return;
-                }
+                () = finish.cancelled() => break false,
             }
             delay = (delay * 2).min(MAX_RETRY);
+        };
+        if stored {
+            tracing::info!(subject = event.subject, "deferred event stored");
+        } else {
+            pending = Some(event);
         }
     }
-    lost(waiting.len());
-}
-
-fn lost(count: usize) {
-    if count > 0 {
+    // Stopping: nothing new can come (the handlers are done); give what is
+    // queued one bounded last chance.
+    waiting.close();
+    let deadline = tokio::time::Instant::now() + LAST_CHANCE;
+    let mut lost = 0;
+    let mut next = pending.or_else(|| waiting.try_recv().ok());
+    while let Some(event) = next {
+        let mut delay = FIRST_RETRY;
+        loop {
+            if bus.send_event(&event).await.is_ok() {
+                break;
+            }
+            if tokio::time::Instant::now() + delay > deadline {
+                lost += 1;
+                break;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(MAX_RETRY);
+        }
+        next = waiting.try_recv().ok();
+    }
+    if lost > 0 {
         tracing::warn!(
-            count,
+            count = lost,
             "stopping with events not yet stored; their owners announce them again at the next start"
         );
     }

@@ -96,7 +96,10 @@ pub(crate) async fn serve<R, S, F, Fut>(
 /// Refusals being sent at most, before the intake waits for one to go out.
 const MAX_REFUSING: usize = 4096;
 
-async fn refuse(request: async_nats::service::Request, err: ServiceError) {
+async fn refuse(mut request: async_nats::service::Request, err: ServiceError) {
+    // Only the reply subject is needed from here on: the payload (up to the
+    // server's max_payload) is not kept while the refusal waits to be sent.
+    request.message.payload = Bytes::new();
     let _ = request.respond(Err(err.into())).await;
 }
 

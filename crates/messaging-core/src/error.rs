@@ -100,13 +100,19 @@ pub const MAX_HEADER_TEXT: usize = 512;
 
 /// `text` made fit for a NATS header value: control characters (CR and LF
 /// above all, which async-nats refuses with a panic, but also NUL, tabs,
-/// escapes and the C1 range) are written as escapes, and the text is cut at
+/// escapes and the C1 range) and bidirectional overrides are written as
+/// escapes, and the text is cut at
 /// [`MAX_HEADER_TEXT`] bytes on a character boundary, marked with `…`.
 ///
 /// Escaping rather than dropping keeps the message truthful: the caller sees
 /// that their input had a newline, not a silently different value.
 pub fn header_safe(text: &str) -> String {
-    let clean = |c: char| !c.is_control();
+    // Bidirectional formatting characters too: quoted back to a client or
+    // logged, they make text read as something else than it is.
+    let clean = |c: char| {
+        !c.is_control()
+            && !matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    };
     if text.len() <= MAX_HEADER_TEXT && text.chars().all(clean) {
         return text.to_owned();
     }
@@ -404,6 +410,7 @@ mod tests {
         assert_eq!(header_safe("plain: text"), "plain: text");
         let err = ServiceError::bad_request("invalid id \"\n\r\0\u{1b}\u{85}\"");
         assert_eq!(err.message, r#"invalid id "\n\r\u{0}\u{1b}\u{85}""#);
+        assert_eq!(header_safe("a\u{202E}b"), r"a\u{202e}b");
         // Set directly, the fields are still made safe on the way out.
         let direct = ServiceError {
             status: 400,

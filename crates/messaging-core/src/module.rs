@@ -177,12 +177,14 @@ impl Setup {
             cancel: CancellationToken::new(),
             idempotency,
             dead_letters,
+            finish_publishing: CancellationToken::new(),
         };
-        // Stops with the module's intake; shutdown waits for it.
-        shared.tracker.spawn(crate::deferred::publish_deferred(
+        // Outlives the handlers (which may defer events until they end):
+        // not in the tracker, but stopped and awaited by the shutdown.
+        let publisher = tokio::spawn(crate::deferred::publish_deferred(
             shared.bus.clone(),
             deferred,
-            shared.cancel.clone(),
+            shared.finish_publishing.clone(),
         ));
         Ok(Module {
             declaration,
@@ -190,6 +192,7 @@ impl Setup {
             service: Arc::new(service),
             handlers: Vec::new(),
             options,
+            publisher: Some(publisher),
         })
     }
 }
@@ -203,6 +206,9 @@ pub(crate) struct Shared<S> {
     pub cancel: CancellationToken,
     pub idempotency: IdempotencyKeys,
     pub dead_letters: DeadLetters,
+    /// Fired at a graceful stop once the handlers are done: the deferred
+    /// publisher then empties its queue (see `deferred.rs`).
+    pub finish_publishing: CancellationToken,
 }
 
 /// A module being set up: add endpoints and event handlers, then call
@@ -213,6 +219,20 @@ pub struct Module<S> {
     service: Arc<Service>,
     handlers: Vec<Tracked>,
     options: ModuleOptions,
+    /// The deferred publisher; `None` once handed to the [`ModuleHandle`].
+    publisher: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl<S> Drop for Module<S> {
+    /// A module dropped before [`Module::running`] (a registration that
+    /// failed half-way) stops what it already started, rather than serve
+    /// for ever with no handle to stop it.
+    fn drop(&mut self) {
+        if let Some(publisher) = self.publisher.take() {
+            self.shared.cancel.cancel();
+            publisher.abort();
+        }
+    }
 }
 
 impl Module<()> {
@@ -340,6 +360,7 @@ impl<S: Send + Sync + 'static> Module<S> {
         let stats = self.track(subject, name);
         self.shared.tracker.spawn(consumer::record_max_deliveries(
             self.shared.clone(),
+            durable.clone(),
             subject,
             advisories,
             stats.clone(),
@@ -396,14 +417,16 @@ impl<S: Send + Sync + 'static> Module<S> {
     }
 
     /// Hands the running module over to its handle.
-    pub fn running(self) -> ModuleHandle {
+    pub fn running(mut self) -> ModuleHandle {
         ModuleHandle {
             name: self.declaration.name,
             bus: self.shared.bus.clone(),
-            service: Some(self.service),
+            service: Some(self.service.clone()),
             tracker: self.shared.tracker.clone(),
             cancel: self.shared.cancel.clone(),
-            handlers: self.handlers,
+            finish_publishing: self.shared.finish_publishing.clone(),
+            publisher: self.publisher.take(),
+            handlers: std::mem::take(&mut self.handlers),
         }
     }
 
@@ -444,6 +467,8 @@ pub struct ModuleHandle {
     service: Option<Arc<Service>>,
     tracker: TaskTracker,
     cancel: CancellationToken,
+    finish_publishing: CancellationToken,
+    publisher: Option<tokio::task::JoinHandle<()>>,
     handlers: Vec<Tracked>,
 }
 
@@ -534,6 +559,11 @@ impl ModuleHandle {
         self.stop_intake();
         self.tracker.close();
         self.tracker.wait().await;
+        // The handlers are done: what they deferred gets a last chance.
+        self.finish_publishing.cancel();
+        if let Some(publisher) = self.publisher.take() {
+            let _ = publisher.await;
+        }
         // The intake tasks are over, so this is the last reference.
         if let Some(Ok(service)) = self.service.take().map(Arc::try_unwrap) {
             // Only stops the discovery responder now: endpoints are already gone.
@@ -553,6 +583,9 @@ impl Drop for ModuleHandle {
     fn drop(&mut self) {
         // Without this, a forgotten handle would leave its tasks serving forever.
         self.cancel.cancel();
+        if let Some(publisher) = self.publisher.take() {
+            publisher.abort();
+        }
     }
 }
 

@@ -342,14 +342,19 @@ impl Connection {
             let (headers, status, description) = match parse_header_block(&header) {
                 Ok(parsed) => parsed,
                 Err(err) => {
-                    warn!(
-                        subject = %subject,
-                        sid = %sid,
-                        header_len = %header_len,
-                        error = %err,
-                        "received a message with a malformed header block on `{}`; its headers were dropped",
-                        subject
-                    );
+                    // PATCHED: any client can send these at broker speed; at
+                    // most one line a second, with the count since the last.
+                    if let Some(dropped) = malformed_header_log_budget() {
+                        warn!(
+                            subject = %subject,
+                            sid = %sid,
+                            header_len = %header_len,
+                            error = %err,
+                            more_not_logged = dropped,
+                            "received a message with a malformed header block on `{}`; its headers were dropped",
+                            subject
+                        );
+                    }
                     (HeaderMap::new(), None, None)
                 }
             };
@@ -825,6 +830,28 @@ where
 /// Parses the content of an HMSG header block (`NATS/1.0[ <status>[ <description>]]`
 /// followed by `Name: value` lines).
 ///
+/// PATCHED: `Some(messages not logged since the last line)` at most once a
+/// second, for the malformed-header warning.
+fn malformed_header_log_budget() -> Option<u64> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_SECOND: AtomicU64 = AtomicU64::new(0);
+    static HELD_BACK: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST_SECOND.load(Ordering::Relaxed);
+    if last != now
+        && LAST_SECOND
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        Some(HELD_BACK.swap(0, Ordering::Relaxed))
+    } else {
+        HELD_BACK.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
 /// PATCHED: factored out of [`Connection::try_read_op`] so that a malformed block
 /// can be handled without dropping the connection. Behaviour for well-formed
 /// blocks is unchanged. Returns an error (never panics) for a block that is not
