@@ -309,6 +309,14 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn an_order_has_one_payment_id_whoever_takes_it() {
+        let (a, b) = (OrderId::new(), OrderId::new());
+        assert_eq!(payment_id(a), payment_id(a));
+        assert_ne!(payment_id(a), payment_id(b));
+        assert_ne!(payment_id(a).0, uuid::Uuid::nil());
+    }
+
     #[tokio::test]
     async fn a_payment_is_read_back_as_recorded() {
         let config = PaymentConfig {

@@ -1,5 +1,7 @@
-//! Event consumers: the durable consumer is created as the options say, and
-//! no more events are handled at once than a module allows.
+//! Event consumers: the durable consumer is created as the options say, no
+//! more events are handled at once than a module allows, a consumer or
+//! stream deleted under a module is made again, and the server's word that
+//! it gave up on an event is recorded as a dead letter.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +13,7 @@ use messaging_core::{
 };
 use serde::{Deserialize, Serialize};
 use testkit::{spawn_broker, TestBroker};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -38,20 +40,44 @@ impl Event for Ping {
     const SUBJECT: &'static str = "events.probe.ping";
 }
 
-/// Each ping waits for a permit from the test.
-async fn on_ping(gate: Arc<Semaphore>, _: Context, _: Ping) -> Result<(), EventError> {
-    let permit = gate.acquire().await.expect("gate open");
+struct Pings {
+    /// Each ping waits for a permit from the test...
+    gate: Semaphore,
+    /// ...then says it was handled.
+    handled: mpsc::UnboundedSender<u32>,
+}
+
+async fn on_ping(pings: Arc<Pings>, _: Context, ping: Ping) -> Result<(), EventError> {
+    let permit = pings.gate.acquire().await.expect("gate open");
     permit.forget();
+    pings.handled.send(ping.n).ok();
     Ok(())
 }
 
-async fn start(app: &TestBroker, options: ModuleOptions, gate: Arc<Semaphore>) -> ModuleHandle {
+/// The listener module, its handlers let through `permits` at first.
+async fn start(
+    app: &TestBroker,
+    options: ModuleOptions,
+    permits: usize,
+) -> (ModuleHandle, Arc<Pings>, mpsc::UnboundedReceiver<u32>) {
+    let (handled, handled_rx) = mpsc::unbounded_channel();
+    let pings = Arc::new(Pings {
+        gate: Semaphore::new(permits),
+        handled,
+    });
     let setup = Module::setup(app.bus().client().clone(), &LISTENER, "0.1.0", options)
         .await
         .unwrap();
-    let mut module = setup.start(gate).await.unwrap();
+    let mut module = setup.start(pings.clone()).await.unwrap();
     module.on_event("on_ping", on_ping).await.unwrap();
-    module.running()
+    (module.running(), pings, handled_rx)
+}
+
+/// Waits until ping `n` is handled (others may be handled meanwhile).
+async fn until_handled(handled: &mut mpsc::UnboundedReceiver<u32>, n: u32) {
+    tokio::time::timeout(WAIT, async { while handled.recv().await != Some(n) {} })
+        .await
+        .unwrap_or_else(|_| panic!("ping {n} not handled within {WAIT:?}"));
 }
 
 #[tokio::test]
@@ -66,7 +92,7 @@ async fn the_durable_consumer_is_made_as_the_options_say() {
         consumer,
         ..ModuleOptions::with_storage(Storage::Memory)
     };
-    let module = start(&app, options, Arc::new(Semaphore::new(0))).await;
+    let (module, _, _) = start(&app, options, 0).await;
 
     let stream = app
         .bus()
@@ -90,12 +116,11 @@ async fn the_durable_consumer_is_made_as_the_options_say() {
 #[tokio::test]
 async fn no_more_events_are_handled_at_once_than_allowed() {
     let app = spawn_broker().await;
-    let gate = Arc::new(Semaphore::new(0));
     let options = ModuleOptions {
         max_in_flight: 3,
         ..ModuleOptions::with_storage(Storage::Memory)
     };
-    let module = start(&app, options, gate.clone()).await;
+    let (module, pings, _) = start(&app, options, 0).await;
     for n in 0..8 {
         app.bus()
             .publish(&Ping { n }, uuid::Uuid::new_v4())
@@ -111,12 +136,194 @@ async fn no_more_events_are_handled_at_once_than_allowed() {
     let stats = module.stats(Ping::SUBJECT).unwrap();
     assert_eq!((stats.in_flight, stats.peak_in_flight), (3, 3));
 
-    gate.add_permits(8);
+    pings.gate.add_permits(8);
     let stats = module
         .handled(Ping::SUBJECT, 8, WAIT)
         .await
         .expect("all eight handled");
     assert_eq!((stats.completed, stats.peak_in_flight), (8, 3));
+    module.shutdown().await;
+    app.shutdown().await;
+}
+
+async fn publish_ping(app: &TestBroker, n: u32) {
+    app.bus()
+        .publish(&Ping { n }, uuid::Uuid::new_v4())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_deleted_consumer_or_stream_is_made_again_and_events_flow() {
+    let app = spawn_broker().await;
+    let options = ModuleOptions::with_storage(Storage::Memory);
+    let (module, _, mut handled) = start(&app, options, 100).await;
+    let jetstream = app.bus().jetstream();
+
+    publish_ping(&app, 1).await;
+    until_handled(&mut handled, 1).await;
+    let events = jetstream.get_stream(EVENTS_STREAM).await.unwrap();
+    events.delete_consumer("listener_on_ping").await.unwrap();
+    module
+        .wait_until(Ping::SUBJECT, WAIT, |s| s.restarts == 1)
+        .await
+        .expect("the intake is set up again");
+    // (The new consumer starts from the first event: ping 1 comes again.)
+    publish_ping(&app, 2).await;
+    until_handled(&mut handled, 2).await;
+
+    jetstream.delete_stream(EVENTS_STREAM).await.unwrap();
+    module
+        .wait_until(Ping::SUBJECT, WAIT, |s| s.restarts == 2)
+        .await
+        .expect("the intake is set up again");
+    // The intake counts its restart before it makes the stream and the
+    // consumer again: ask the server until both are there.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(events) = jetstream.get_stream(EVENTS_STREAM).await {
+            if events.consumer_info("listener_on_ping").await.is_ok() {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stream and the consumer are not made again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    publish_ping(&app, 3).await;
+    until_handled(&mut handled, 3).await;
+    assert_eq!(module.stats(Ping::SUBJECT).unwrap().restarts, 2);
+    module.shutdown().await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_event_given_up_on_unanswered_is_recorded_from_the_advisory() {
+    use messaging_core::dead_letter::{DeadLetterKind, DeadLetters};
+    let app = spawn_broker().await;
+    let options = ModuleOptions::with_storage(Storage::Durable);
+    let (module, _, _) = start(&app, options, 0).await;
+
+    // What the server says when the last delivery of event 42 went
+    // unanswered (its handler's process died): twice, as it may.
+    let advisory = serde_json::json!({
+        "type": "io.nats.jetstream.advisory.v1.max_deliver",
+        "stream": EVENTS_STREAM,
+        "consumer": "listener_on_ping",
+        "stream_seq": 42,
+        "deliveries": 5,
+    });
+    let subject =
+        format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{EVENTS_STREAM}.listener_on_ping");
+    for _ in 0..2 {
+        let payload = serde_json::to_vec(&advisory).unwrap();
+        app.bus()
+            .client()
+            .publish(subject.clone(), payload.into())
+            .await
+            .unwrap();
+    }
+    // Something else on the subject is ignored.
+    app.bus()
+        .client()
+        .publish(subject.clone(), "not an advisory".into())
+        .await
+        .unwrap();
+    module
+        .wait_until(Ping::SUBJECT, WAIT, |s| s.dead_lettered == 1)
+        .await
+        .expect("the advisory is recorded");
+
+    let letters = DeadLetters::open(app.bus().client(), Storage::Durable)
+        .await
+        .unwrap()
+        .list()
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 1, "recorded once: {letters:?}");
+    let letter = &letters[0];
+    assert_eq!(letter.kind, DeadLetterKind::MaxDeliveries);
+    assert_eq!(letter.id, "listener_on_ping.42");
+    assert_eq!(
+        (
+            letter.subject.as_str(),
+            letter.stream_sequence,
+            letter.deliveries
+        ),
+        (Ping::SUBJECT, 42, 5)
+    );
+    assert!(
+        letter.reason.contains("without an answer"),
+        "{}",
+        letter.reason
+    );
+    // Both advisories and the stray message are read by now.
+    app.bus().client().flush().await.unwrap();
+    assert_eq!(module.stats(Ping::SUBJECT).unwrap().dead_lettered, 1);
+    module.shutdown().await;
+    app.shutdown().await;
+}
+
+/// Sends `frames` to the broker over a raw protocol connection (what no
+/// well-behaved client sends), and waits until the broker has read them.
+fn send_raw(url: &str, frames: &[u8]) {
+    use std::io::{BufRead, BufReader, Write};
+    let address = url.trim_start_matches("nats://");
+    let stream = std::net::TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("INFO"), "{line}");
+    writer
+        .write_all(b"CONNECT {\"verbose\":false,\"headers\":true,\"protocol\":1}\r\n")
+        .unwrap();
+    writer.write_all(frames).unwrap();
+    writer.write_all(b"PING\r\n").unwrap();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        assert!(!line.is_empty() && !line.starts_with("-ERR"), "{line}");
+        if line.starts_with("PONG") {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_stray_status_on_the_pull_inbox_does_not_restart_the_intake() {
+    use futures::StreamExt;
+    let app = spawn_broker().await;
+    // The consumer's pull requests name the inbox its events arrive on.
+    let next = format!("$JS.API.CONSUMER.MSG.NEXT.{EVENTS_STREAM}.listener_on_ping");
+    let mut pulls = app.bus().client().subscribe(next).await.unwrap();
+    let options = ModuleOptions::with_storage(Storage::Memory);
+    let (module, _, mut handled) = start(&app, options, 100).await;
+    let pull = tokio::time::timeout(WAIT, pulls.next())
+        .await
+        .expect("a pull request")
+        .unwrap();
+    let inbox = pull.reply.expect("pulls are requests").to_string();
+
+    // A status the pull stream does not know: an error for the intake,
+    // which finds its consumer still there and carries on.
+    let header = b"NATS/1.0 400 Injected\r\n\r\n";
+    let mut frame = format!("HPUB {inbox} {} {}\r\n", header.len(), header.len()).into_bytes();
+    frame.extend_from_slice(header);
+    frame.extend_from_slice(b"\r\n");
+    let url = app.url().to_owned();
+    tokio::task::spawn_blocking(move || send_raw(&url, &frame))
+        .await
+        .unwrap();
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(module.stats(Ping::SUBJECT).unwrap().restarts, 0);
+
+    publish_ping(&app, 1).await;
+    until_handled(&mut handled, 1).await;
+    assert_eq!(module.stats(Ping::SUBJECT).unwrap().restarts, 0);
     module.shutdown().await;
     app.shutdown().await;
 }

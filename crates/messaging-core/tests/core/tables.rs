@@ -176,7 +176,8 @@ async fn a_table_behaves_alike_in_memory_and_in_a_bucket() {
     let empty: Table<u32> = Table::open(client, Storage::Durable, "empty", None, 1 << 20)
         .await
         .unwrap();
-    assert_eq!(empty.values().await.unwrap(), []);
+    let values = tokio::time::timeout(Duration::from_secs(10), empty.values()).await;
+    assert_eq!(values.expect("an answer at once").unwrap(), []);
     assert_eq!(empty.keys().await.unwrap(), Vec::<String>::new());
     app.shutdown().await;
 }
@@ -188,7 +189,7 @@ async fn a_bucket_gone_is_an_error_not_an_empty_table() {
     let table: Table<u32> = Table::open(client, Storage::Durable, "gone", None, 1 << 20)
         .await
         .unwrap();
-    table.put("a", &1).await.unwrap();
+    let revision = table.put("a", &1).await.unwrap();
     app.bus()
         .jetstream()
         .delete_stream("KV_gone")
@@ -196,6 +197,10 @@ async fn a_bucket_gone_is_an_error_not_an_empty_table() {
         .unwrap();
     assert!(matches!(
         table.get("a").await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(matches!(
+        table.delete_at("a", revision).await,
         Err(StoreError::Unavailable(_))
     ));
     app.shutdown().await;
