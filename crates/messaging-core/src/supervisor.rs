@@ -20,7 +20,10 @@ use crate::stats::HandlerStats;
 
 /// Pause before starting a task again after it died, or after a failed
 /// attempt to set it up again: a task that dies at once is not a busy loop.
+/// Doubles while setting up keeps failing (the broker away), up to the max,
+/// so an outage is a few log lines, not five a second.
 const RESTART_DELAY: Duration = Duration::from_millis(200);
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(10);
 
 /// Runs the task that `start` sets up until it ends normally or `cancel`
 /// fires; a task that panics is set up and run again.
@@ -39,17 +42,20 @@ pub(crate) async fn supervise<Start, Setup, Task, E>(
     Task: Future<Output = ()>,
     E: std::fmt::Display,
 {
+    let mut delay = RESTART_DELAY;
     loop {
         let task = match start().await {
             Ok(task) => task,
             Err(err) => {
-                tracing::error!(subject, %err, "intake could not be set up again; retrying");
-                if pause(&cancel).await {
+                tracing::error!(subject, %err, ?delay, "intake could not be set up again; retrying");
+                if pause(&cancel, delay).await {
                     return;
                 }
+                delay = (delay * 2).min(MAX_RESTART_DELAY);
                 continue;
             }
         };
+        delay = RESTART_DELAY;
         let ended = AssertUnwindSafe(task).catch_unwind().await;
         if cancel.is_cancelled() {
             return;
@@ -59,17 +65,17 @@ pub(crate) async fn supervise<Start, Setup, Task, E>(
             Ok(()) => tracing::warn!(subject, "intake ended while serving; setting it up again"),
             Err(_) => tracing::error!(subject, "intake task died; restarting it"),
         }
-        if pause(&cancel).await {
+        if pause(&cancel, delay).await {
             return;
         }
     }
 }
 
-/// Waits [`RESTART_DELAY`]; `true` if the module stops meanwhile.
-async fn pause(cancel: &CancellationToken) -> bool {
+/// Waits `delay`; `true` if the module stops meanwhile.
+async fn pause(cancel: &CancellationToken, delay: Duration) -> bool {
     tokio::select! {
         () = cancel.cancelled() => true,
-        () = tokio::time::sleep(RESTART_DELAY) => false,
+        () = tokio::time::sleep(delay) => false,
     }
 }
 
