@@ -158,6 +158,15 @@ mod tests {
     const SUBJECT: &str = "probe.take";
     const PAYLOAD: &[u8] = br#"{"what":"thing"}"#;
 
+    /// Milliseconds since the Unix epoch, read here rather than through
+    /// the code under test.
+    fn wall_clock_ms() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    }
+
     fn keys() -> IdempotencyKeys {
         IdempotencyKeys {
             table: Table::in_memory(),
@@ -242,13 +251,13 @@ mod tests {
         let stale_ms = STALE_CLAIM.as_millis() as u64;
 
         // Begun a second ago: still running.
-        keys.begun_at("fresh", now_ms() - 1_000).await;
+        keys.begun_at("fresh", wall_clock_ms() - 1_000).await;
         assert_eq!(claim(&keys, "fresh").await, "busy");
 
         // Begun a second longer ago than a claim lives: its handler died.
-        let begun = now_ms() - stale_ms - 1_000;
+        let begun = wall_clock_ms() - stale_ms - 1_000;
         keys.begun_at("dead", begun).await;
-        let before = now_ms();
+        let before = wall_clock_ms();
         assert_eq!(claim(&keys, "dead").await, "claimed");
         let renewed = keys.claimed_at("dead").await.unwrap();
         assert!(renewed >= before, "taken over from now on: {renewed}");
@@ -266,9 +275,9 @@ mod tests {
         let stale_ms = STALE_CLAIM.as_millis() as u64;
         for attempt in 0..50 {
             let key = format!("key-{attempt}");
-            let tick = now_ms();
+            let tick = wall_clock_ms();
             let at = loop {
-                let at = now_ms();
+                let at = wall_clock_ms();
                 if at != tick {
                     break at;
                 }

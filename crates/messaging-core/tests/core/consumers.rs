@@ -204,33 +204,54 @@ async fn an_event_given_up_on_unanswered_is_recorded_from_the_advisory() {
     use messaging_core::dead_letter::{DeadLetterKind, DeadLetters};
     let app = spawn_broker().await;
     let options = ModuleOptions::with_storage(Storage::Durable);
-    let (module, _, _) = start(&app, options, 0).await;
+    // Permits for the real event below: a handler left waiting would hold
+    // up the shutdown at the end.
+    let (module, _, _) = start(&app, options, 100).await;
 
-    // What the server says when the last delivery of event 42 went
-    // unanswered (its handler's process died): twice, as it may.
-    let advisory = serde_json::json!({
-        "type": "io.nats.jetstream.advisory.v1.max_deliver",
-        "stream": EVENTS_STREAM,
-        "consumer": "listener_on_ping",
-        "stream_seq": 42,
-        "deliveries": 5,
-    });
+    // A real event of ours, handled; then what the server says when the
+    // last delivery of it went unanswered (its handler's process died):
+    // twice, as it may. Advisories are only believed for an event of our
+    // subject in our stream, to our consumer: forged ones are ignored.
+    let published = app
+        .bus()
+        .publish_as(
+            &Ping { n: 42 },
+            messaging_core::EventMeta {
+                event_id: uuid::Uuid::new_v4(),
+                correlation_id: uuid::Uuid::new_v4(),
+            },
+        )
+        .await
+        .unwrap();
+    let seq = published.sequence;
+    let advisory = |consumer: &str, stream_seq: u64| {
+        serde_json::to_vec(&serde_json::json!({
+            "type": "io.nats.jetstream.advisory.v1.max_deliver",
+            "stream": EVENTS_STREAM,
+            "consumer": consumer,
+            "stream_seq": stream_seq,
+            "deliveries": 5,
+        }))
+        .unwrap()
+    };
     let subject =
         format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{EVENTS_STREAM}.listener_on_ping");
-    for _ in 0..2 {
-        let payload = serde_json::to_vec(&advisory).unwrap();
+    let forged = [
+        advisory("listener_on_ping", seq + 1000), // no such event
+        advisory("someone_else", seq),            // not our consumer
+        b"not an advisory".to_vec(),
+    ];
+    // Forged ones first: the genuine ones, read after them, prove they were read.
+    for payload in forged.into_iter().chain([
+        advisory("listener_on_ping", seq),
+        advisory("listener_on_ping", seq),
+    ]) {
         app.bus()
             .client()
             .publish(subject.clone(), payload.into())
             .await
             .unwrap();
     }
-    // Something else on the subject is ignored.
-    app.bus()
-        .client()
-        .publish(subject.clone(), "not an advisory".into())
-        .await
-        .unwrap();
     module
         .wait_until(Ping::SUBJECT, WAIT, |s| s.dead_lettered == 1)
         .await
@@ -245,14 +266,14 @@ async fn an_event_given_up_on_unanswered_is_recorded_from_the_advisory() {
     assert_eq!(letters.len(), 1, "recorded once: {letters:?}");
     let letter = &letters[0];
     assert_eq!(letter.kind, DeadLetterKind::MaxDeliveries);
-    assert_eq!(letter.id, "listener_on_ping.42");
+    assert_eq!(letter.id, format!("listener_on_ping.{seq}"));
     assert_eq!(
         (
             letter.subject.as_str(),
             letter.stream_sequence,
             letter.deliveries
         ),
-        (Ping::SUBJECT, 42, 5)
+        (Ping::SUBJECT, seq, 5)
     );
     assert!(
         letter.reason.contains("without an answer"),
@@ -325,5 +346,111 @@ async fn a_stray_status_on_the_pull_inbox_does_not_restart_the_intake() {
     until_handled(&mut handled, 1).await;
     assert_eq!(module.stats(Ping::SUBJECT).unwrap().restarts, 0);
     module.shutdown().await;
+    app.shutdown().await;
+}
+
+/// A TCP proxy to the broker that the test can cut: the connections through
+/// it drop, and new ones are refused until it is restored.
+struct Proxy {
+    url: String,
+    refusing: Arc<std::sync::atomic::AtomicBool>,
+    open: Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    fn to(broker_url: &str) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let target = broker_url.trim_start_matches("nats://").to_owned();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("nats://{}", listener.local_addr().unwrap());
+        let refusing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (refusing_, open_) = (refusing.clone(), open.clone());
+        // Threads that end with the test process (or when a socket fails).
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if refusing_.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection closes at once
+                }
+                let Ok(server) = std::net::TcpStream::connect(&target) else {
+                    continue;
+                };
+                let mut sockets = open_.lock().unwrap();
+                for (from, to) in [(&client, &server), (&server, &client)] {
+                    let (mut from, mut to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                sockets.extend([client, server]);
+            }
+        });
+        Proxy {
+            url,
+            refusing,
+            open,
+        }
+    }
+
+    fn cut(&self) {
+        self.refusing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for socket in self.open.lock().unwrap().drain(..) {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.refusing
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_consumer_deleted_while_the_module_was_cut_off_is_made_again() {
+    let app = spawn_broker().await;
+    let proxy = Proxy::to(app.url());
+    let connection = messaging_core::Connection::connect(&proxy.url, "cut-off")
+        .await
+        .unwrap();
+    let (handled_tx, mut handled) = mpsc::unbounded_channel();
+    let pings = Arc::new(Pings {
+        gate: Semaphore::new(100),
+        handled: handled_tx,
+    });
+    let options = ModuleOptions::with_storage(Storage::Memory);
+    let setup = Module::setup(connection.client().clone(), &LISTENER, "0.1.0", options)
+        .await
+        .unwrap();
+    let mut module = setup.start(pings).await.unwrap();
+    module.on_event("on_ping", on_ping).await.unwrap();
+    let module = module.running();
+    publish_ping(&app, 1).await;
+    until_handled(&mut handled, 1).await;
+
+    // The module cannot hear that its consumer is deleted...
+    proxy.cut();
+    let events = app
+        .bus()
+        .jetstream()
+        .get_stream(EVENTS_STREAM)
+        .await
+        .unwrap();
+    events.delete_consumer("listener_on_ping").await.unwrap();
+    proxy.restore();
+    // ...and finds out when it is back: async-nats asks for the consumer
+    // for about 15 s before it reports it missing, then the module makes
+    // the consumer again.
+    publish_ping(&app, 2).await;
+    tokio::time::timeout(Duration::from_secs(45), async {
+        while handled.recv().await != Some(2) {}
+    })
+    .await
+    .expect("ping 2 handled once the consumer is made again");
+    assert_eq!(module.stats(Ping::SUBJECT).unwrap().restarts, 1);
+    module.shutdown().await;
+    drop(connection);
     app.shutdown().await;
 }

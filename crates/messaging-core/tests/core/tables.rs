@@ -156,10 +156,23 @@ async fn behaves_like_a_table(table: Table<u32>) {
     let expected = [("c", 7), ("d", 8), ("e", 9)].map(|(k, v)| (k.to_owned(), v));
     assert_eq!(values, expected);
 
-    // A key no bucket can hold is simply not there.
-    for key in ["a b", "*", ">", ""] {
+    // A key no bucket can hold is simply not there, and removing it
+    // removes nothing (">" and "*" are not "every key").
+    for key in ["a b", "*", ">", "", ".c", "c."] {
         assert_eq!(table.get(key).await.unwrap(), None, "{key:?}");
+        table.remove(key).await.unwrap();
     }
+    let mut keys = table.keys().await.unwrap();
+    keys.sort();
+    assert_eq!(keys, ["c", "d", "e"]);
+
+    // Removing erases a key.
+    table.remove("d").await.unwrap();
+    table.remove("never-there").await.unwrap();
+    assert_eq!(table.get("d").await.unwrap(), None);
+    let mut keys = table.keys().await.unwrap();
+    keys.sort();
+    assert_eq!(keys, ["c", "e"]);
 }
 
 #[tokio::test]
@@ -179,6 +192,34 @@ async fn a_table_behaves_alike_in_memory_and_in_a_bucket() {
     let values = tokio::time::timeout(Duration::from_secs(10), empty.values()).await;
     assert_eq!(values.expect("an answer at once").unwrap(), []);
     assert_eq!(empty.keys().await.unwrap(), Vec::<String>::new());
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_removed_key_leaves_nothing_in_the_bucket_a_deleted_one_a_marker() {
+    let app = spawn_broker().await;
+    let table: Table<u32> = Table::open(
+        app.bus().client(),
+        Storage::Durable,
+        "erased",
+        None,
+        1 << 20,
+    )
+    .await
+    .unwrap();
+    let stream = app.bus().jetstream().get_stream("KV_erased").await.unwrap();
+    let stored = || async { stream.get_info().await.unwrap().state.messages };
+    let odd = "x-y/z_w=v.u"; // every character a key may have
+    for key in ["a", "b", odd] {
+        table.put(key, &1).await.unwrap();
+    }
+    assert_eq!(stored().await, 3);
+    table.delete("b").await.unwrap();
+    assert_eq!(stored().await, 3, "b's value replaced by a delete marker");
+    for key in ["a", "b", odd] {
+        table.remove(key).await.unwrap();
+    }
+    assert_eq!(stored().await, 0, "nothing left of any of them");
     app.shutdown().await;
 }
 

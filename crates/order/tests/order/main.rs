@@ -5,6 +5,7 @@
 //! at start.
 
 mod lifecycle;
+mod peer_errors;
 mod placing;
 mod recovery;
 mod support;

@@ -1,12 +1,12 @@
-//! The recovery sweep at start: what the open-order index says is
-//! unfinished is announced again, in its own flow; what is finished, or was
-//! never stored, leaves the index. The state is written as a crashed run
+//! The recovery sweep at start: every order of the open-order index is
+//! announced again, in its own flow; what is finished (its event now
+//! stored), or was never stored, leaves the index. The state is written as a crashed run
 //! left it: orders and markers in the buckets, their events never published.
 
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use contract::order::{Order, OrderCreated, OrderId, OrderPaid, OrderStatus};
+use contract::order::{Order, OrderCreated, OrderFulfilled, OrderId, OrderPaid, OrderStatus};
 use contract::product::ProductId;
 use contract::user::UserId;
 use messaging_core::store::Table;
@@ -87,9 +87,9 @@ async fn the_sweep_at_start_resumes_what_was_stored_but_not_announced() {
         .unwrap();
 
     // What a crashed run left: a pending and a paid order, stored, their
-    // events never out; a fulfilled one whose marker outlived it; a marker
-    // being written right now (its order not stored yet), and one so old
-    // that its order never will be.
+    // events never out; a fulfilled one whose event may not be out either
+    // (its marker is still there); a marker being written right now (its
+    // order not stored yet), and one so old that its order never will be.
     let now = now_ms();
     let (pending, paid, fulfilled) = (
         order(OrderStatus::Pending),
@@ -111,6 +111,7 @@ async fn the_sweep_at_start_resumes_what_was_stored_but_not_announced() {
 
     let mut created = broker.bus().watch::<OrderCreated>().await.unwrap();
     let mut paid_events = broker.bus().watch::<OrderPaid>().await.unwrap();
+    let mut fulfilled_events = broker.bus().watch::<OrderFulfilled>().await.unwrap();
     // The sweep runs before the module serves: done when this returns.
     let module = order::register(client.clone()).await.unwrap();
 
@@ -120,15 +121,18 @@ async fn the_sweep_at_start_resumes_what_was_stored_but_not_announced() {
     let event = paid_events.next_within(WAIT).await.unwrap();
     assert_eq!(event.event.order, paid);
     assert_eq!(event.meta.correlation_id, flows[1]);
-    // And nothing else: the fulfilled order is not announced again.
+    let event = fulfilled_events.next_within(WAIT).await.unwrap();
+    assert_eq!(event.event.order, fulfilled);
+    assert_eq!(event.meta.correlation_id, flows[2]);
+    // And nothing else: one event per order of the index.
     let stream = broker.bus().jetstream().get_stream(EVENTS_STREAM).await;
     let stored = stream.unwrap().get_info().await.unwrap().state.messages;
-    assert_eq!(stored, 2, "one event per unfinished order");
-    assert_eq!(*log.0.lock().unwrap(), [2], "logged: two orders resumed");
+    assert_eq!(stored, 3, "one event per order of the index");
+    assert_eq!(*log.0.lock().unwrap(), [3], "logged: three orders resumed");
 
     // The unfinished orders keep their markers (they are not done yet), as
     // does the marker of an order perhaps being stored; the finished order's
-    // and the abandoned one's are gone.
+    // (its event now stored) and the abandoned one's are gone.
     let mut left = open.keys().await.unwrap();
     left.sort();
     let mut expected: Vec<String> = [pending.id, paid.id, young]
