@@ -390,9 +390,14 @@ async fn shutdown_finishes_the_payments_in_flight() {
     })
     .await;
     let orders = [app.order(1).await, app.order(1).await];
-    // Flushed before the shutdown's unsubscribe, on the same connection: the
-    // server has delivered both events to the module, which must pay them.
-    app.bus().client().flush().await.unwrap();
+    // Both payments are under way (the stream acknowledging the events does
+    // not mean the consumer has pulled them yet): the shutdown must finish them.
+    app.module
+        .wait_until("take_payment", WAIT, |s| {
+            s.in_flight + s.completed as usize >= 2
+        })
+        .await
+        .expect("both payments under way");
 
     let App {
         broker,
