@@ -37,7 +37,7 @@ pub struct Bus {
     inner: std::sync::Arc<BusInner>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct BusInner {
     client: Client,
     jetstream: jetstream::Context,
@@ -106,18 +106,10 @@ impl Bus {
     /// The same bus with another request timeout, which also bounds how
     /// long a publish waits for the stream's acknowledgement.
     pub fn with_request_timeout(self, timeout: Duration) -> Self {
-        let mut jetstream = self.inner.jetstream.clone();
-        jetstream.set_timeout(timeout);
-        Self {
-            inner: std::sync::Arc::new(BusInner {
-                client: self.inner.client.clone(),
-                jetstream,
-                request_timeout: timeout,
-                declaration: self.inner.declaration,
-                limits: self.inner.limits,
-                deferred: self.inner.deferred.clone(),
-            }),
-        }
+        self.changed(|inner| {
+            inner.jetstream.set_timeout(timeout);
+            inner.request_timeout = timeout;
+        })
     }
 
     /// The same bus, held to `declaration`: a request or an event it does
@@ -125,30 +117,24 @@ impl Bus {
     /// stream is found deleted, it is created again with `limits`. Every
     /// module's handlers use such a bus.
     pub fn bound_to(self, declaration: &'static Declaration, limits: Limits) -> Self {
-        Self {
-            inner: std::sync::Arc::new(BusInner {
-                client: self.inner.client.clone(),
-                jetstream: self.inner.jetstream.clone(),
-                request_timeout: self.inner.request_timeout,
-                declaration: Some(declaration),
-                limits: Some(limits),
-                deferred: self.inner.deferred.clone(),
-            }),
-        }
+        self.changed(|inner| {
+            inner.declaration = Some(declaration);
+            inner.limits = Some(limits);
+        })
     }
 
     /// The same bus, handing what [`Bus::publish_eventually`] cannot store
     /// now to `deferred`.
     pub(crate) fn deferring_to(self, deferred: Deferred) -> Self {
+        self.changed(|inner| inner.deferred = Some(deferred))
+    }
+
+    /// A bus like this one with `change` applied (its clones keep theirs).
+    fn changed(self, change: impl FnOnce(&mut BusInner)) -> Self {
+        let mut inner = BusInner::clone(&self.inner);
+        change(&mut inner);
         Self {
-            inner: std::sync::Arc::new(BusInner {
-                client: self.inner.client.clone(),
-                jetstream: self.inner.jetstream.clone(),
-                request_timeout: self.inner.request_timeout,
-                declaration: self.inner.declaration,
-                limits: self.inner.limits,
-                deferred: Some(deferred),
-            }),
+            inner: std::sync::Arc::new(inner),
         }
     }
 

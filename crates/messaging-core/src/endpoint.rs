@@ -123,9 +123,12 @@ where
         Ok(ending) => ending,
         Err(_) => {
             tracing::error!(subject = R::SUBJECT, "replying panicked; answering 500");
-            let err = ServiceError::internal("the reply could not be produced");
             // A plain, known-safe reply: nothing left here can panic.
-            let _ = request.respond(Err(err.into())).await;
+            refuse(
+                request,
+                ServiceError::internal("the reply could not be produced"),
+            )
+            .await;
             Ending::Failed
         }
     }

@@ -449,11 +449,6 @@ struct Tracked {
 }
 
 impl Tracked {
-    /// Found by its subject (the first handler of it) or by handler name.
-    fn is(&self, key: &str) -> bool {
-        self.handler == key || self.subject == key
-    }
-
     fn snapshot(&self) -> HandlerSnapshot {
         self.stats.snapshot(self.subject, self.handler)
     }
@@ -492,7 +487,7 @@ impl ModuleHandle {
         self.handlers
             .iter()
             .find(|t| t.handler == key)
-            .or_else(|| self.handlers.iter().find(|t| t.is(key)))
+            .or_else(|| self.handlers.iter().find(|t| t.subject == key))
     }
 
     /// Waits until the counters of the handler `key` (as in

@@ -77,6 +77,9 @@ const MAX_ATTEMPTS: usize = 1_000;
 /// How many locks [`Table::modify`] stripes its keys over.
 const LOCK_STRIPES: usize = 256;
 
+/// How long [`Table::values`] may take (40,000 entries take 0.1 s).
+const READ_ALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How many recently written values a table remembers (see [`Table::modify`]).
 const CACHE_ENTRIES: usize = 8_192;
 
@@ -139,7 +142,8 @@ struct Memory {
     /// Entries older than this are gone, as in a bucket with `max_age`.
     max_age: Option<Duration>,
     /// When each key was last written, oldest first, for the expiry.
-    written: std::collections::VecDeque<(std::time::Instant, String, u64)>,
+    /// (tokio's clock: the real one, unless a test pauses it.)
+    written: std::collections::VecDeque<(tokio::time::Instant, String, u64)>,
 }
 
 impl Memory {
@@ -156,7 +160,7 @@ impl Memory {
         let revision = self.last_revision;
         self.rows.insert(key.to_owned(), (bytes, revision));
         if let Some(max_age) = self.max_age {
-            let now = std::time::Instant::now();
+            let now = tokio::time::Instant::now();
             self.written.push_back((now, key.to_owned(), revision));
             while let Some((at, _, _)) = self.written.front() {
                 if now.duration_since(*at) < max_age {
@@ -403,17 +407,28 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
             return Ok(Vec::new());
         }
         let mut entries = store.watch_with_history(">").await.map_err(unavailable)?;
-        let mut values = Vec::new();
-        while let Some(entry) = entries.try_next().await.map_err(unavailable)? {
-            if entry.operation == kv::Operation::Put {
-                values.push(decode(entry.key, &entry.value)?);
+        let read_all = async {
+            let mut values = Vec::new();
+            while let Some(entry) = entries.try_next().await.map_err(unavailable)? {
+                if entry.operation == kv::Operation::Put {
+                    values.push(decode(entry.key, &entry.value)?);
+                }
+                // `delta` counts what is still pending: the last one is 0.
+                if entry.delta == 0 {
+                    break;
+                }
             }
-            // `delta` counts what is still pending: the last one is 0.
-            if entry.delta == 0 {
-                break;
-            }
-        }
-        Ok(values)
+            Ok(values)
+        };
+        // Bounded: a bucket purged between the count above and the watch
+        // would otherwise leave it waiting for entries that never come.
+        tokio::time::timeout(READ_ALL_TIMEOUT, read_all)
+            .await
+            .map_err(|_| {
+                unavailable(format!(
+                    "reading every entry took over {READ_ALL_TIMEOUT:?}"
+                ))
+            })?
     }
 
     /// Deletes `key` only if it is still at `revision`; `false` if it changed
@@ -671,41 +686,36 @@ mod tests {
         table.get(key).await.unwrap().map(|v| v.value)
     }
 
-    #[tokio::test]
+    /// Rows expire, as in a bucket, once they are `max_age` old (exactly
+    /// that age included), counted from their last write. On tokio's
+    /// paused clock: no real waiting, and ages exact to the millisecond.
+    #[tokio::test(start_paused = true)]
     async fn a_memory_row_lives_max_age_from_its_last_write() {
-        // Rows expire as later writes see them old. The test sleeps past
-        // the age it needs, and redoes a round whose timing a busy machine
-        // stretched too far to tell anything.
-        use std::time::Instant;
-        let max_age = Duration::from_millis(300);
-        for _ in 0..5 {
-            let table = expiring(max_age);
-            table.put("a", &1).await.unwrap();
-            let first = Instant::now();
-            table.put("b", &1).await.unwrap();
-            assert_eq!(value(&table, "a").await, Some(1), "a young row stays");
+        use tokio::time::advance;
+        let ms = Duration::from_millis;
+        let table = expiring(ms(300));
+        table.put("a", &1).await.unwrap();
+        table.put("b", &1).await.unwrap();
 
-            // Rewritten halfway: its age counts from the rewrite.
-            tokio::time::sleep(max_age / 2).await;
-            let rewriting = Instant::now();
-            table.put("a", &2).await.unwrap();
-            tokio::time::sleep_until((first + max_age).into()).await;
-            table.put("c", &1).await.unwrap();
-            let wrote_c = Instant::now();
-            if wrote_c - rewriting >= max_age {
-                continue; // "a" may be old by now: nothing to tell.
-            }
-            assert_eq!(value(&table, "b").await, None, "b is older than max_age");
-            assert_eq!(value(&table, "a").await, Some(2), "a was rewritten since");
-            assert_eq!(value(&table, "c").await, Some(1));
+        // Rewritten halfway: its age counts from the rewrite.
+        advance(ms(150)).await;
+        table.put("a", &2).await.unwrap();
 
-            tokio::time::sleep_until((wrote_c + max_age).into()).await;
-            table.put("d", &1).await.unwrap();
-            assert_eq!(value(&table, "a").await, None, "a's rewrite is old now");
-            assert_eq!(value(&table, "c").await, None);
-            assert_eq!(value(&table, "d").await, Some(1));
-            return;
-        }
-        panic!("the machine is too busy to time a 300 ms expiry");
+        // Expiry happens as later writes look: 1 ms short of the age, b stays.
+        advance(ms(149)).await;
+        table.put("x", &1).await.unwrap();
+        assert_eq!(value(&table, "b").await, Some(1), "a young row stays");
+
+        // Exactly max_age old: gone.
+        advance(ms(1)).await;
+        table.put("c", &1).await.unwrap();
+        assert_eq!(value(&table, "b").await, None, "b is max_age old");
+        assert_eq!(value(&table, "a").await, Some(2), "a was rewritten since");
+
+        advance(ms(150)).await;
+        table.put("d", &1).await.unwrap();
+        assert_eq!(value(&table, "a").await, None, "a's rewrite is old now");
+        assert_eq!(value(&table, "c").await, Some(1));
+        assert_eq!(value(&table, "d").await, Some(1));
     }
 }

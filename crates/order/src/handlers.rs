@@ -303,7 +303,7 @@ pub async fn recover(orders: &Orders, bus: &Bus) -> Result<usize, ServiceError> 
             // being stored right now by another instance: only an old marker
             // is known to be the former.
             Ok(None) => {
-                if age > ABANDONED_MARKER {
+                if abandoned(age) {
                     orders.close(id).await?;
                 }
                 continue;
@@ -326,9 +326,28 @@ pub async fn recover(orders: &Orders, bus: &Bus) -> Result<usize, ServiceError> 
     Ok(announced)
 }
 
-/// A marker without its order for this long belongs to an attempt that died.
+/// A marker without its order for longer than this belongs to an attempt
+/// that died (younger, the order may be being stored by another instance).
 const ABANDONED_MARKER: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn abandoned(marker_age: std::time::Duration) -> bool {
+    marker_age > ABANDONED_MARKER
+}
 
 fn not_found(id: OrderId) -> ServiceError {
     NOT_FOUND.error(format!("order {id} does not exist"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{abandoned, ABANDONED_MARKER};
+
+    #[test]
+    fn only_a_marker_older_than_the_limit_is_abandoned() {
+        assert!(!abandoned(Duration::ZERO));
+        assert!(!abandoned(ABANDONED_MARKER));
+        assert!(abandoned(ABANDONED_MARKER + Duration::from_millis(1)));
+    }
 }
