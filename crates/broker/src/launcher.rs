@@ -91,6 +91,22 @@ pub struct BrokerConfig {
     pub port: Option<u16>,
     /// Enable JetStream (the modules need it; off only to test that they say so).
     pub jetstream: bool,
+    /// Be one node of a cluster (see [`crate::NatsCluster`], which sets this).
+    pub cluster: Option<ClusterMembership>,
+}
+
+/// How one node joins a cluster: its names, its route port, its peers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterMembership {
+    /// The cluster's name, the same on every node.
+    pub name: String,
+    /// This node's name, unique in the cluster and stable across restarts
+    /// (JetStream's Raft peers are known by it).
+    pub server_name: String,
+    /// The route port; `None` lets the server pick a free one.
+    pub port: Option<u16>,
+    /// The other nodes' route URLs (`nats-route://127.0.0.1:PORT`).
+    pub routes: Vec<String>,
 }
 
 impl Default for BrokerConfig {
@@ -103,6 +119,7 @@ impl Default for BrokerConfig {
             sync: SyncMode::default(),
             port: None,
             jetstream: true,
+            cluster: None,
         }
     }
 }
@@ -192,11 +209,17 @@ pub async fn check_version(binary: &Path) -> Result<Version, BrokerError> {
 pub struct NatsServer {
     child: Option<Child>,
     url: String,
+    /// The route URL, for a cluster node.
+    cluster_url: Option<String>,
+    /// The monitoring URL (`http://127.0.0.1:PORT`), for a cluster node.
+    monitor_url: Option<String>,
+    /// The configuration file the server runs with (rewritten by a reload).
+    config_file: PathBuf,
+    config: BrokerConfig,
     version: Version,
     store_dir: PathBuf,
     output: Arc<Mutex<VecDeque<String>>>,
     stderr_reader: Option<std::thread::JoinHandle<()>>,
-    stop_timeout: Duration,
     // Kept for their lifetime: removed when the server is dropped.
     _ports_dir: TempDir,
     _temp_store: Option<TempDir>,
@@ -210,7 +233,7 @@ impl NatsServer {
 
     /// Starts a server and waits until it accepts connections.
     pub async fn start_with(config: BrokerConfig) -> Result<Self, BrokerError> {
-        let (binary, version) = match config.binary {
+        let (binary, version) = match config.binary.clone() {
             Some(path) => {
                 let version = check_version(&path).await?;
                 (path, version)
@@ -219,7 +242,7 @@ impl NatsServer {
         };
 
         let ports_dir = tempfile::Builder::new().prefix("nats-ports-").tempdir()?;
-        let (store_dir, temp_store) = match config.store_dir {
+        let (store_dir, temp_store) = match config.store_dir.clone() {
             Some(dir) => {
                 std::fs::create_dir_all(&dir)?;
                 (dir, None)
@@ -230,21 +253,14 @@ impl NatsServer {
             }
         };
 
-        let port = config.port.map_or("-1".to_owned(), |p| p.to_string());
+        let config_file = ports_dir.path().join("nats-server.conf");
+        std::fs::write(&config_file, config_text(&config, &store_dir))?;
         let mut command = Command::new(&binary);
         command
-            .args(["-a", "127.0.0.1", "-p", &port])
+            .arg("-c")
+            .arg(&config_file)
             .arg("--ports_file_dir")
             .arg(ports_dir.path());
-        if config.jetstream {
-            command.arg("-js").arg("-sd").arg(&store_dir);
-        }
-        if config.sync == SyncMode::Always {
-            // Only settable in a configuration file.
-            let file = ports_dir.path().join("sync.conf");
-            std::fs::write(&file, "jetstream {\n  sync_interval: always\n}\n")?;
-            command.arg("-c").arg(file);
-        }
         command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -266,18 +282,25 @@ impl NatsServer {
                 move || forward_log(stderr, &output)
             })?;
 
+        let startup_timeout = config.startup_timeout;
         let mut server = NatsServer {
             child: Some(child),
             url: String::new(),
+            cluster_url: None,
+            monitor_url: None,
+            config_file,
+            config,
             version,
             store_dir,
             output,
             stderr_reader: Some(stderr_reader),
-            stop_timeout: config.stop_timeout,
             _ports_dir: ports_dir,
             _temp_store: temp_store,
         };
-        server.url = server.wait_ready(config.startup_timeout).await?;
+        let ports = server.wait_ready(startup_timeout).await?;
+        server.url = ports.nats.into_iter().next().unwrap_or_default();
+        server.cluster_url = ports.cluster.into_iter().next();
+        server.monitor_url = ports.monitoring.into_iter().next();
         tracing::debug!(url = %server.url, "nats-server ready");
         Ok(server)
     }
@@ -289,6 +312,16 @@ impl NatsServer {
 
     pub fn version(&self) -> Version {
         self.version
+    }
+
+    /// The route URL other nodes connect to, for a cluster node.
+    pub fn cluster_url(&self) -> Option<&str> {
+        self.cluster_url.as_deref()
+    }
+
+    /// How the server was started.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
     }
 
     /// The server's process id, while it runs.
@@ -309,7 +342,7 @@ impl NatsServer {
         };
         let pid = Pid::from_raw(child.id() as i32);
         if kill(pid, Signal::SIGTERM).is_ok() {
-            let deadline = tokio::time::Instant::now() + self.stop_timeout;
+            let deadline = tokio::time::Instant::now() + self.config.stop_timeout;
             while tokio::time::Instant::now() < deadline {
                 if child.try_wait()?.is_some() {
                     break;
@@ -332,7 +365,49 @@ impl NatsServer {
         Ok(())
     }
 
-    async fn wait_ready(&mut self, timeout: Duration) -> Result<String, BrokerError> {
+    /// Asks the server whether it is healthy (`/healthz`): on a cluster node,
+    /// JetStream is up and current with the meta leader and with every
+    /// stream and consumer the node holds. Always `true` on a single server.
+    pub async fn healthy(&self) -> bool {
+        let Some(monitor) = &self.monitor_url else {
+            return true;
+        };
+        http_get_ok(monitor.trim_start_matches("http://"), "/healthz").await
+    }
+
+    /// Runs with `routes` as the cluster's routes from now on (a
+    /// configuration reload, SIGHUP: nothing restarts).
+    pub async fn reload_routes(&mut self, routes: Vec<String>) -> Result<(), BrokerError> {
+        let Some(cluster) = self.config.cluster.as_mut() else {
+            return Ok(());
+        };
+        cluster.routes = routes;
+        std::fs::write(
+            &self.config_file,
+            config_text(&self.config, &self.store_dir),
+        )?;
+        if let Some(pid) = self.pid() {
+            kill(Pid::from_raw(pid as i32), Signal::SIGHUP).map_err(std::io::Error::from)?;
+        }
+        Ok(())
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would, and reaps it;
+    /// its store is kept. For fault tests.
+    pub async fn kill(mut self) -> Result<(), BrokerError> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            tokio::task::spawn_blocking(move || child.wait())
+                .await
+                .expect("wait task")?;
+        }
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = tokio::task::spawn_blocking(move || reader.join()).await;
+        }
+        Ok(())
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<Ports, BrokerError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let child = self.child.as_mut().expect("child present during startup");
@@ -346,10 +421,13 @@ impl NatsServer {
                     output: self.output_tail(),
                 });
             }
-            if let Some(url) = read_ports_file(self._ports_dir.path()) {
-                let addr = url.trim_start_matches("nats://").to_owned();
-                if tokio::net::TcpStream::connect(&addr).await.is_ok() {
-                    return Ok(url);
+            if let Some(ports) = read_ports_file(self._ports_dir.path()) {
+                let addr = ports
+                    .nats
+                    .first()
+                    .map_or("", |url| url.trim_start_matches("nats://"));
+                if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                    return Ok(ports);
                 }
             }
             if tokio::time::Instant::now() >= deadline {
@@ -411,17 +489,78 @@ fn forward_log(stderr: std::process::ChildStderr, output: &Mutex<VecDeque<String
     }
 }
 
-/// Reads the client URL from the `<name>_<pid>.ports` file the server writes.
-fn read_ports_file(dir: &Path) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Ports {
-        nats: Vec<String>,
-    }
+/// The listening URLs a server reports in its ports file.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Ports {
+    #[serde(default)]
+    nats: Vec<String>,
+    #[serde(default)]
+    cluster: Vec<String>,
+    #[serde(default)]
+    monitoring: Vec<String>,
+}
+
+/// Reads the `<name>_<pid>.ports` file the server writes once it listens.
+fn read_ports_file(dir: &Path) -> Option<Ports> {
     let entry = std::fs::read_dir(dir)
         .ok()?
         .filter_map(Result::ok)
         .find(|e| e.path().extension().is_some_and(|ext| ext == "ports"))?;
     let text = std::fs::read_to_string(entry.path()).ok()?;
     let ports: Ports = serde_json::from_str(&text).ok()?;
-    ports.nats.into_iter().next()
+    (!ports.nats.is_empty()).then_some(ports)
+}
+
+/// The server's configuration file for `config`, its store in `store_dir`.
+///
+/// Everything goes in the file rather than on the command line: a reload
+/// (SIGHUP) rereads only the file, and command-line flags would override it.
+fn config_text(config: &BrokerConfig, store_dir: &Path) -> String {
+    // Strings in JSON quoting, which the server's configuration format reads.
+    let quoted = |text: &str| serde_json::to_string(text).expect("a string serializes");
+    let port = |port: Option<u16>| port.map_or("-1".to_owned(), |p| p.to_string());
+    let mut text = format!("listen: \"127.0.0.1:{}\"\n", port(config.port));
+    if config.jetstream {
+        text += &format!(
+            "jetstream {{\n  store_dir: {}\n{}}}\n",
+            quoted(&store_dir.to_string_lossy()),
+            if config.sync == SyncMode::Always {
+                "  sync_interval: always\n"
+            } else {
+                ""
+            }
+        );
+    }
+    if let Some(cluster) = &config.cluster {
+        let routes: Vec<String> = cluster.routes.iter().map(|r| quoted(r)).collect();
+        text += &format!(
+            "server_name: {}\n\
+             http: \"127.0.0.1:-1\"\n\
+             cluster {{\n  name: {}\n  listen: \"127.0.0.1:{}\"\n  routes: [{}]\n}}\n",
+            quoted(&cluster.server_name),
+            quoted(&cluster.name),
+            port(cluster.port),
+            routes.join(", ")
+        );
+    }
+    text
+}
+
+/// Whether `GET path` on `addr` answers `200` (HTTP/1.0, no client library
+/// for one status line).
+async fn http_get_ok(addr: &str, path: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await?;
+        let mut status = [0u8; 12];
+        stream.read_exact(&mut status).await?;
+        Ok::<_, std::io::Error>(status.ends_with(b" 200"))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), exchange).await,
+        Ok(Ok(true))
+    )
 }

@@ -1,5 +1,6 @@
 //! The broker for the demo and the tests: a real `nats-server`, started as a
-//! child process (see [`NatsServer`]), and the version rules it must meet (see
+//! child process (see [`NatsServer`]) or a cluster of them (see
+//! [`NatsCluster`]), and the version rules it must meet (see
 //! [`version`]).
 //!
 //! Stands apart from the framework: a module never starts a broker, it is
@@ -8,7 +9,12 @@
 pub mod version;
 
 #[cfg(feature = "launcher")]
+mod cluster;
+#[cfg(feature = "launcher")]
 mod launcher;
+
+#[cfg(feature = "launcher")]
+pub use cluster::{ClusterConfig, NatsCluster};
 
 #[cfg(feature = "launcher")]
 pub use launcher::*;
