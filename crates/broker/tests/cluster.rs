@@ -160,14 +160,12 @@ async fn a_cluster_restarted_on_its_stores_keeps_its_streams() {
     let js = jetstream::new(client.clone());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let info = loop {
-        match js.get_stream("KEPT").await {
-            Ok(mut stream) => match stream.info().await {
-                Ok(info) if info.cluster.as_ref().is_some_and(|c| c.leader.is_some()) => {
-                    break info.clone()
+        if let Ok(mut stream) = js.get_stream("KEPT").await {
+            if let Ok(info) = stream.info().await {
+                if info.cluster.as_ref().is_some_and(|c| c.leader.is_some()) {
+                    break info.clone();
                 }
-                _ => {}
-            },
-            Err(_) => {}
+            }
         }
         assert!(tokio::time::Instant::now() < deadline, "stream not back");
         tokio::time::sleep(Duration::from_millis(100)).await;
