@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use broker::{BrokerConfig, NatsServer};
+use broker::{BrokerConfig, ClusterConfig, NatsCluster, NatsServer};
 use messaging_core::{
     shutdown_all, Bus, Connection, ModuleHandle, ModuleOptions, RegisterError, Storage,
 };
@@ -28,13 +28,40 @@ pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
 pub enum Broker {
     /// Launch a child `nats-server` and stop it at the end.
     Launch(BrokerConfig),
-    /// Use a server someone else runs.
+    /// Launch a cluster of child `nats-server`s and stop it at the end.
+    LaunchCluster(ClusterConfig),
+    /// Use a server (or a cluster: comma-separated URLs) someone else runs.
     Existing(String),
+}
+
+/// A broker this process launched (and stops at the end).
+#[derive(Debug)]
+pub enum Launched {
+    Server(NatsServer),
+    Cluster(NatsCluster),
+}
+
+impl Launched {
+    /// What clients connect with: the URL, or every node's, comma-separated.
+    pub fn url(&self) -> String {
+        match self {
+            Launched::Server(server) => server.url().to_owned(),
+            Launched::Cluster(cluster) => cluster.url(),
+        }
+    }
+
+    /// Stops the server, or every node, gracefully.
+    pub async fn stop(self) -> Result<(), broker::BrokerError> {
+        match self {
+            Launched::Server(server) => server.stop().await,
+            Launched::Cluster(cluster) => cluster.stop().await,
+        }
+    }
 }
 
 /// The modules, connected and serving.
 pub struct App {
-    server: Option<NatsServer>,
+    server: Option<Launched>,
     url: String,
     connection: Connection,
     modules: Vec<ModuleHandle>,
@@ -48,7 +75,8 @@ impl App {
         payment: PaymentConfig,
         storage: Storage,
     ) -> anyhow::Result<App> {
-        Self::start_some(broker, &Modules::all(), payment, storage).await
+        let options = ModuleOptions::with_storage(storage);
+        Self::start_some(broker, &Modules::all(), payment, options).await
     }
 
     /// Starts (or joins) the broker and registers the `modules` asked for:
@@ -57,10 +85,10 @@ impl App {
         broker: Broker,
         modules: &Modules,
         payment: PaymentConfig,
-        storage: Storage,
+        options: ModuleOptions,
     ) -> anyhow::Result<App> {
         let (server, connection, url) = connect(broker).await?;
-        let modules = register_some(connection.client(), modules, payment, storage).await?;
+        let modules = register_some(connection.client(), modules, payment, options).await?;
         Ok(App {
             server,
             url,
@@ -117,18 +145,18 @@ pub async fn register_modules(
     payment: PaymentConfig,
     storage: Storage,
 ) -> Result<Vec<ModuleHandle>, RegisterError> {
-    register_some(client, &Modules::all(), payment, storage).await
+    let options = ModuleOptions::with_storage(storage);
+    register_some(client, &Modules::all(), payment, options).await
 }
 
-/// Registers the `modules` asked for on `client`: the one place a new
-/// module is added.
+/// Registers the `modules` asked for on `client`, each with `options`: the
+/// one place a new module is added.
 pub async fn register_some(
     client: &async_nats::Client,
     modules: &Modules,
     payment: PaymentConfig,
-    storage: Storage,
+    options: ModuleOptions,
 ) -> Result<Vec<ModuleHandle>, RegisterError> {
-    let options = ModuleOptions::with_storage(storage);
     let mut handles = Vec::new();
     for name in &modules.0 {
         let client = client.clone();
@@ -187,7 +215,7 @@ impl Modules {
 }
 
 /// Starts (or joins) the broker and connects; checks that it has JetStream.
-pub async fn connect(broker: Broker) -> anyhow::Result<(Option<NatsServer>, Connection, String)> {
+pub async fn connect(broker: Broker) -> anyhow::Result<(Option<Launched>, Connection, String)> {
     let (server, url) = match broker {
         Broker::Launch(config) => {
             let server = NatsServer::start_with(config)
@@ -199,7 +227,25 @@ pub async fn connect(broker: Broker) -> anyhow::Result<(Option<NatsServer>, Conn
                 "nats server started"
             );
             let url = server.url().to_owned();
-            (Some(server), url)
+            (Some(Launched::Server(server)), url)
+        }
+        Broker::LaunchCluster(config) => {
+            let nodes = config.nodes;
+            let cluster = NatsCluster::start_with(config)
+                .await
+                .context("cannot start the nats-server cluster")?;
+            for index in 0..cluster.len() {
+                if let Some(node) = cluster.node(index) {
+                    tracing::info!(
+                        node = index + 1, url = node.url(), pid = node.pid(),
+                        store = %node.store_dir().display(),
+                        "nats cluster node started"
+                    );
+                }
+            }
+            tracing::info!(nodes, "nats cluster healthy");
+            let url = cluster.url();
+            (Some(Launched::Cluster(cluster)), url)
         }
         Broker::Existing(url) => (None, url),
     };

@@ -11,9 +11,22 @@ use crate::app::Modules;
 #[derive(Debug, Parser)]
 #[command(name = "demo", version)]
 pub struct Cli {
-    /// Use this NATS server instead of launching a child nats-server.
+    /// Use this NATS server instead of launching a child nats-server; a
+    /// cluster's nodes comma-separated (`nats://a:4222,nats://b:4222`).
     #[arg(long, env = "NATS_URL", global = true)]
     pub nats_url: Option<String>,
+
+    /// Launch a cluster of N nats-server nodes on loopback (routes between
+    /// them, JetStream and its own store on each) instead of one server.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(2..=9), global = true)]
+    pub cluster: Option<u8>,
+
+    /// On how many nodes the event stream and every bucket are kept; an
+    /// existing one with another count is changed to it. Default: 3 with a
+    /// launched cluster (its size if smaller), 1 with a launched server; with
+    /// --nats-url, as they are (1 for new ones).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=5), global = true)]
+    pub replicas: Option<u8>,
 
     /// How long each simulated payment takes (`0`, `200ms`, `1s`).
     #[arg(long, default_value = "1s", value_parser = parse_duration, global = true)]

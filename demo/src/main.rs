@@ -12,6 +12,7 @@ use demo::app::{App, Broker, Modules};
 use demo::cli::{Cli, Command, DeadLetterCommand, Sync};
 use messaging_core::dead_letter::DeadLetters;
 use messaging_core::Storage;
+use messaging_core::{Limits, ModuleOptions};
 use payment::PaymentConfig;
 
 #[tokio::main]
@@ -54,17 +55,46 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     } else {
         Storage::Durable
     };
-    let broker = match cli.nats_url {
-        Some(url) => Broker::Existing(url),
-        None => Broker::Launch(BrokerConfig {
-            store_dir: cli.data_dir.clone(),
-            port: cli.port,
-            sync: match cli.sync {
-                Sync::Interval => SyncMode::Interval,
-                Sync::Always => SyncMode::Always,
-            },
-            ..BrokerConfig::default()
-        }),
+    anyhow::ensure!(
+        !(cli.cluster.is_some() && (cli.nats_url.is_some() || cli.port.is_some())),
+        "--cluster launches its own nodes on free ports: it goes with neither --nats-url nor --port"
+    );
+    let node = BrokerConfig {
+        store_dir: cli.data_dir.clone(),
+        port: cli.port,
+        sync: match cli.sync {
+            Sync::Interval => SyncMode::Interval,
+            Sync::Always => SyncMode::Always,
+        },
+        ..BrokerConfig::default()
+    };
+    let (broker, replicas) = match (cli.nats_url, cli.cluster) {
+        (Some(url), _) => (Broker::Existing(url), cli.replicas.unwrap_or(0)),
+        (None, Some(nodes)) => {
+            let replicas = cli.replicas.unwrap_or(nodes.min(3));
+            anyhow::ensure!(
+                replicas <= nodes,
+                "--replicas {replicas} needs at least {replicas} nodes; --cluster {nodes} has {nodes}"
+            );
+            let config = broker::ClusterConfig {
+                nodes: nodes.into(),
+                node,
+                ..broker::ClusterConfig::default()
+            };
+            (Broker::LaunchCluster(config), replicas)
+        }
+        (None, None) => {
+            let replicas = cli.replicas.unwrap_or(1);
+            anyhow::ensure!(
+                replicas == 1,
+                "--replicas {replicas} needs a cluster: add --cluster 3, or use --nats-url"
+            );
+            (Broker::Launch(node), replicas)
+        }
+    };
+    let options = ModuleOptions {
+        limits: Limits::replicated(replicas.into()),
+        ..ModuleOptions::with_storage(storage)
     };
     let command = cli.command.unwrap_or(Command::Run);
     if let Command::DeadLetters(action) = command {
@@ -81,7 +111,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     tokio::pin!(signal);
 
     let app = tokio::select! {
-        app = App::start_some(broker, &modules, payment, storage) => app?,
+        app = App::start_some(broker, &modules, payment, options) => app?,
         // Dropping the half-started app kills the child broker.
         () = &mut signal => return Ok(()),
     };
@@ -89,11 +119,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut signalled = false;
     let result = match command {
         Command::Serve => {
+            let replicas = match replicas {
+                0 => "as found (1 for new ones)".to_owned(),
+                n => n.to_string(),
+            };
             tracing::info!(
                 url = app.url(),
                 modules = modules.names().join(","),
+                %replicas,
                 "modules serving; connect to this URL (Ctrl-C to stop)"
             );
+            // What runs here, in one place: an operator running several
+            // processes reads which is which from these lines.
+            println!("modules: {}", modules.names().join(","));
+            println!("replicas: {replicas}");
             println!("serving on {}", app.url());
             (&mut signal).await;
             signalled = true;
@@ -145,9 +184,14 @@ async fn dead_letters(
     storage: Storage,
     action: DeadLetterCommand,
 ) -> anyhow::Result<()> {
-    if let Broker::Launch(config) = &broker {
+    let store_dir = match &broker {
+        Broker::Launch(config) => Some(&config.store_dir),
+        Broker::LaunchCluster(config) => Some(&config.node.store_dir),
+        Broker::Existing(_) => None,
+    };
+    if let Some(store_dir) = store_dir {
         anyhow::ensure!(
-            config.store_dir.is_some(),
+            store_dir.is_some(),
             "dead letters live in the broker's store: pass --data-dir DIR or --nats-url URL"
         );
     }

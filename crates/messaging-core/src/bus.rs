@@ -414,6 +414,25 @@ pub struct WatchSetupError {
     pub reason: String,
 }
 
+/// The servers of a comma-separated URL list (`nats://a:4222,nats://b:4222`).
+fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>, ConnectError> {
+    let invalid = |source| ConnectError::Url {
+        url: url.to_owned(),
+        source,
+    };
+    let servers = url
+        .split(',')
+        .map(str::trim)
+        .filter(|one| !one.is_empty())
+        .map(|one| one.parse::<async_nats::ServerAddr>().map_err(invalid))
+        .collect::<Result<Vec<_>, _>>()?;
+    if servers.is_empty() {
+        let empty = std::io::Error::new(std::io::ErrorKind::InvalidInput, "no server URL");
+        return Err(invalid(empty));
+    }
+    Ok(servers)
+}
+
 /// A NATS connection whose end can be awaited.
 ///
 /// `async_nats::Client::drain` only *starts* a drain; the connection is gone
@@ -427,7 +446,12 @@ pub struct Connection {
 
 impl Connection {
     /// Connects to `url`; fails at once (no retry loop) if nothing listens there.
+    ///
+    /// `url` may list several servers, comma-separated (a cluster's nodes):
+    /// the client connects to one of them and moves to another by itself
+    /// when that one is lost (it also learns the others from the server).
     pub async fn connect(url: &str, name: &str) -> Result<Self, ConnectError> {
+        let servers = server_addrs(url)?;
         let (closed_tx, closed) = watch::channel(false);
         let client = async_nats::ConnectOptions::new()
             .name(name)
@@ -436,7 +460,7 @@ impl Connection {
                 let closed_tx = closed_tx.clone();
                 async move { log_event(event, &closed_tx) }
             })
-            .connect(url)
+            .connect(servers)
             .await
             .map_err(|source| ConnectError::Connect {
                 url: url.to_owned(),
@@ -497,5 +521,23 @@ fn log_event(event: async_nats::Event, closed: &watch::Sender<bool>) {
         LameDuckMode => tracing::warn!("nats server entered lame duck mode"),
         ServerError(err) => tracing::warn!(%err, "nats server error"),
         ClientError(err) => tracing::warn!(%err, "nats client error"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_list_is_every_server_in_it() {
+        let servers = server_addrs("nats://127.0.0.1:4222, nats://127.0.0.1:4223,").unwrap();
+        let ports: Vec<u16> = servers.iter().map(|s| s.port()).collect();
+        assert_eq!(ports, [4222, 4223]);
+        assert_eq!(server_addrs("localhost").unwrap().len(), 1);
+        assert!(matches!(server_addrs(" , "), Err(ConnectError::Url { .. })));
+        assert!(matches!(
+            server_addrs("nats://a:4222,http://b:1"),
+            Err(ConnectError::Url { .. })
+        ));
     }
 }

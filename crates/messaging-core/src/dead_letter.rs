@@ -123,20 +123,20 @@ impl LogBudget {
 }
 
 impl DeadLetters {
-    /// Opens the dead letters with the default [`crate::Limits`].
+    /// Opens the dead letters with the default [`crate::Limits`] (which
+    /// leave an existing bucket's replica count as it is).
     pub async fn open(client: &async_nats::Client, storage: Storage) -> Result<Self, StoreError> {
-        let max_bytes = crate::Limits::default().bucket_max_bytes;
-        Self::open_with(client, storage, max_bytes).await
+        Self::open_with(client, storage, &crate::Limits::default()).await
     }
 
-    /// Opens the dead letters in a bucket of at most `max_bytes`.
+    /// Opens the dead letters in a bucket under `limits`.
     pub async fn open_with(
         client: &async_nats::Client,
         storage: Storage,
-        max_bytes: i64,
+        limits: &crate::Limits,
     ) -> Result<Self, StoreError> {
         Ok(Self {
-            table: Table::open(client, storage, DEAD_LETTER_BUCKET, None, max_bytes).await?,
+            table: Table::open(client, storage, DEAD_LETTER_BUCKET, None, limits).await?,
             jetstream: jetstream::new(client.clone()),
             log: Default::default(),
         })

@@ -277,6 +277,8 @@ pub enum ConnectError {
         url: String,
         source: async_nats::ConnectError,
     },
+    #[error("{url:?} is not a NATS URL (or a comma-separated list of them): {source}")]
+    Url { url: String, source: std::io::Error },
 }
 
 /// Why a module could not start serving.

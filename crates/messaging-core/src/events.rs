@@ -28,8 +28,11 @@ pub async fn ensure_stream(
     jetstream: &async_nats::jetstream::Context,
     limits: &Limits,
 ) -> Result<(), RegisterError> {
+    let existing = crate::limits::existing_replicas(jetstream, EVENTS_STREAM, limits).await;
+    let mut config = stream_config(limits);
+    config.num_replicas = limits.replicas_for(existing);
     jetstream
-        .create_or_update_stream(stream_config(limits))
+        .create_or_update_stream(config)
         .await
         .map_err(|err| RegisterError::Stream(format!("{EVENTS_STREAM}: {err}")))?;
     Ok(())
@@ -51,6 +54,7 @@ pub(crate) fn stream_config(limits: &Limits) -> async_nats::jetstream::stream::C
         // Full means "refuse the new event" (its publisher gets an error and
         // its client a 503), never "drop an old one nobody handled yet".
         discard: stream::DiscardPolicy::New,
+        num_replicas: limits.replicas.max(1),
         ..Default::default()
     }
 }

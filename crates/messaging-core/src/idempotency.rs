@@ -68,11 +68,11 @@ impl IdempotencyKeys {
     pub async fn open(
         client: &async_nats::Client,
         storage: Storage,
-        max_bytes: i64,
+        limits: &crate::Limits,
     ) -> Result<Self, StoreError> {
         let window = Some(IDEMPOTENCY_WINDOW);
         Ok(Self {
-            table: Table::open(client, storage, BUCKET, window, max_bytes).await?,
+            table: Table::open(client, storage, BUCKET, window, limits).await?,
         })
     }
 

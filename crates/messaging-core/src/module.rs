@@ -132,8 +132,14 @@ impl Setup {
         V: serde::Serialize + serde::de::DeserializeOwned + Clone,
     {
         let storage = self.options.storage;
-        let max_bytes = self.options.limits.bucket_max_bytes;
-        Table::open(self.bus.client(), storage, bucket, max_age, max_bytes).await
+        Table::open(
+            self.bus.client(),
+            storage,
+            bucket,
+            max_age,
+            &self.options.limits,
+        )
+        .await
     }
 
     /// The module's bus, for work before serving (such as a recovery sweep).
@@ -157,9 +163,9 @@ impl Setup {
             bus,
             options,
         } = self;
-        let max_bytes = options.limits.bucket_max_bytes;
-        let idempotency = IdempotencyKeys::open(bus.client(), options.storage, max_bytes).await?;
-        let dead_letters = DeadLetters::open_with(bus.client(), options.storage, max_bytes).await?;
+        let limits = &options.limits;
+        let idempotency = IdempotencyKeys::open(bus.client(), options.storage, limits).await?;
+        let dead_letters = DeadLetters::open_with(bus.client(), options.storage, limits).await?;
         let service = bus
             .client()
             .service_builder()

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::limits::Limits;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -184,25 +185,29 @@ impl Memory {
 impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
     /// Opens (creating it if needed) the bucket `name`.
     ///
-    /// `max_age` bounds how long entries live (`None`: forever), `max_bytes`
-    /// how much the bucket holds (a write beyond it fails: `Unavailable`).
+    /// `max_age` bounds how long entries live (`None`: forever); of
+    /// `limits`, `bucket_max_bytes` bounds how much the bucket holds (a write
+    /// beyond it fails: `Unavailable`) and `replicas` on how many nodes.
     pub async fn open(
         client: &async_nats::Client,
         storage: Storage,
         name: &str,
         max_age: Option<Duration>,
-        max_bytes: i64,
+        limits: &Limits,
     ) -> Result<Self, StoreError> {
         let backend = match storage {
             Storage::Memory => Backend::Memory(Arc::new(Mutex::new(Memory::with_max_age(max_age)))),
             Storage::Durable => {
                 let js = jetstream::new(client.clone());
+                let existing =
+                    crate::limits::existing_replicas(&js, &format!("KV_{name}"), limits).await;
                 let config = kv::Config {
                     bucket: name.to_owned(),
                     history: 1,
                     max_age: max_age.unwrap_or_default(),
-                    max_bytes,
+                    max_bytes: limits.bucket_max_bytes,
                     storage: jetstream::stream::StorageType::File,
+                    num_replicas: limits.replicas_for(existing),
                     ..Default::default()
                 };
                 let store = js

@@ -14,7 +14,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use broker::NatsServer;
+use broker::{ClusterConfig, NatsCluster, NatsServer};
 use messaging_core::{Bus, Connection, ModuleHandle, RegisterError, RequestError, ServiceError};
 
 /// The structured error of a request that was expected to be refused.
@@ -106,6 +106,74 @@ impl TestBroker {
         }
         let TestBroker { server, .. } = self;
         server.stop().await.expect("stop the test broker");
+    }
+}
+
+/// A running 3-node cluster and one connection to all of its nodes.
+pub struct TestCluster {
+    // Field order matters on drop: the connection goes before the nodes.
+    connection: Option<Connection>,
+    cluster: NatsCluster,
+}
+
+/// Starts a 3-node cluster (JetStream on every node, each its own store)
+/// and connects to it with every node's URL.
+pub async fn spawn_cluster() -> TestCluster {
+    let cluster = match NatsCluster::start_with(ClusterConfig::default()).await {
+        Ok(cluster) => cluster,
+        Err(err) => panic!("cannot start the test cluster: {err}"),
+    };
+    let connection = Connection::connect(&cluster.url(), "test")
+        .await
+        .expect("connect to the test cluster");
+    TestCluster {
+        connection: Some(connection),
+        cluster,
+    }
+}
+
+impl TestCluster {
+    /// Every node's URL, comma-separated.
+    pub fn url(&self) -> String {
+        self.cluster.url()
+    }
+
+    /// The nodes (to kill and restart one).
+    pub fn cluster(&mut self) -> &mut NatsCluster {
+        &mut self.cluster
+    }
+
+    /// The test's connection.
+    pub fn bus(&self) -> &Bus {
+        self.connection.as_ref().expect("connection open").bus()
+    }
+
+    /// Another, independent connection to the cluster.
+    pub async fn connect(&self, name: &str) -> Connection {
+        Connection::connect(&self.url(), name)
+            .await
+            .expect("connect to the test cluster")
+    }
+
+    /// The node index that leads JetStream stream `stream` now.
+    pub async fn leader_of(&self, stream: &str) -> Option<usize> {
+        let js = async_nats::jetstream::new(self.bus().client().clone());
+        let mut stream = js.get_stream(stream).await.ok()?;
+        let info = stream.info().await.ok()?;
+        let leader = info.cluster.as_ref()?.leader.as_deref()?;
+        self.cluster.index_of(leader)
+    }
+
+    /// Drains the connection and stops every node gracefully.
+    pub async fn shutdown(mut self) {
+        if let Some(connection) = self.connection.take() {
+            connection
+                .drain(Duration::from_secs(10))
+                .await
+                .expect("drain the test connection");
+        }
+        let TestCluster { cluster, .. } = self;
+        cluster.stop().await.expect("stop the test cluster");
     }
 }
 

@@ -421,7 +421,7 @@ async fn two_writers_on_one_bucket_lose_no_update() {
         Storage::Durable,
         "counter",
         None,
-        1 << 20,
+        &bytes(1 << 20),
     )
     .await
     .unwrap();
@@ -430,7 +430,7 @@ async fn two_writers_on_one_bucket_lose_no_update() {
         Storage::Durable,
         "counter",
         None,
-        1 << 20,
+        &bytes(1 << 20),
     )
     .await
     .unwrap();
@@ -447,4 +447,12 @@ async fn two_writers_on_one_bucket_lose_no_update() {
     tokio::join!(bump(a.clone()), bump(b.clone()), bump(a.clone()), bump(b));
     assert_eq!(a.get("n").await.unwrap().unwrap().value, 160);
     app.shutdown().await;
+}
+
+/// The default limits with buckets of at most `max_bytes`.
+fn bytes(max_bytes: i64) -> messaging_core::Limits {
+    messaging_core::Limits {
+        bucket_max_bytes: max_bytes,
+        ..messaging_core::Limits::default()
+    }
 }

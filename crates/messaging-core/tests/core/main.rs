@@ -3,5 +3,6 @@
 mod consumers;
 mod declarations;
 mod durability;
+mod replication;
 mod serving;
 mod tables;

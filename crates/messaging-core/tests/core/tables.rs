@@ -30,7 +30,7 @@ async fn a_durable_table_is_a_bucket_on_disk_with_one_revision_its_age_and_size(
         Storage::Durable,
         "aged",
         Some(Duration::from_secs(90)),
-        1 << 20,
+        &bytes(1 << 20),
     )
     .await
     .unwrap();
@@ -40,16 +40,17 @@ async fn a_durable_table_is_a_bucket_on_disk_with_one_revision_its_age_and_size(
     assert_eq!(config.max_age, Duration::from_secs(90));
     assert_eq!(config.max_bytes, 1 << 20);
 
-    let _forever: Table<u32> = Table::open(client, Storage::Durable, "forever", None, 2 << 20)
-        .await
-        .unwrap();
+    let _forever: Table<u32> =
+        Table::open(client, Storage::Durable, "forever", None, &bytes(2 << 20))
+            .await
+            .unwrap();
     let config = bucket_config(&app, "forever").await;
     assert_eq!(config.max_age, Duration::ZERO, "no age limit");
     assert_eq!(config.max_bytes, 2 << 20);
     assert_eq!(config.storage, StorageType::File);
 
     // Full means the new write is refused, nothing stored is dropped.
-    let small: Table<String> = Table::open(client, Storage::Durable, "small", None, 1024)
+    let small: Table<String> = Table::open(client, Storage::Durable, "small", None, &bytes(1024))
         .await
         .unwrap();
     let big = "x".repeat(600);
@@ -180,13 +181,13 @@ async fn a_table_behaves_alike_in_memory_and_in_a_bucket() {
     let app = spawn_broker().await;
     let client = app.bus().client();
     for storage in [Storage::Memory, Storage::Durable] {
-        let table = Table::open(client, storage, "alike", None, 1 << 20)
+        let table = Table::open(client, storage, "alike", None, &bytes(1 << 20))
             .await
             .unwrap();
         behaves_like_a_table(table).await;
     }
     // An empty bucket lists nothing (and does not wait for entries).
-    let empty: Table<u32> = Table::open(client, Storage::Durable, "empty", None, 1 << 20)
+    let empty: Table<u32> = Table::open(client, Storage::Durable, "empty", None, &bytes(1 << 20))
         .await
         .unwrap();
     let values = tokio::time::timeout(Duration::from_secs(10), empty.values()).await;
@@ -203,7 +204,7 @@ async fn a_removed_key_leaves_nothing_in_the_bucket_a_deleted_one_a_marker() {
         Storage::Durable,
         "erased",
         None,
-        1 << 20,
+        &bytes(1 << 20),
     )
     .await
     .unwrap();
@@ -227,7 +228,7 @@ async fn a_removed_key_leaves_nothing_in_the_bucket_a_deleted_one_a_marker() {
 async fn a_bucket_gone_is_an_error_not_an_empty_table() {
     let app = spawn_broker().await;
     let client = app.bus().client();
-    let table: Table<u32> = Table::open(client, Storage::Durable, "gone", None, 1 << 20)
+    let table: Table<u32> = Table::open(client, Storage::Durable, "gone", None, &bytes(1 << 20))
         .await
         .unwrap();
     let revision = table.put("a", &1).await.unwrap();
@@ -245,4 +246,12 @@ async fn a_bucket_gone_is_an_error_not_an_empty_table() {
         Err(StoreError::Unavailable(_))
     ));
     app.shutdown().await;
+}
+
+/// The default limits with buckets of at most `max_bytes`.
+fn bytes(max_bytes: i64) -> messaging_core::Limits {
+    messaging_core::Limits {
+        bucket_max_bytes: max_bytes,
+        ..messaging_core::Limits::default()
+    }
 }

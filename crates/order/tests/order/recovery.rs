@@ -77,12 +77,12 @@ async fn the_sweep_at_start_resumes_what_was_stored_but_not_announced() {
 
     let broker = spawn_broker().await;
     let client = broker.bus().client();
-    let max_bytes = Limits::default().bucket_max_bytes;
+    let limits = Limits::default();
     let orders: Table<serde_json::Value> =
-        Table::open(client, Storage::Durable, "orders", None, max_bytes)
+        Table::open(client, Storage::Durable, "orders", None, &limits)
             .await
             .unwrap();
-    let open: Table<u64> = Table::open(client, Storage::Durable, "orders_open", None, max_bytes)
+    let open: Table<u64> = Table::open(client, Storage::Durable, "orders_open", None, &limits)
         .await
         .unwrap();
 
