@@ -37,7 +37,7 @@ pub enum Broker {
 /// A broker this process launched (and stops at the end).
 #[derive(Debug)]
 pub enum Launched {
-    Server(NatsServer),
+    Server(Box<NatsServer>),
     Cluster(NatsCluster),
 }
 
@@ -227,7 +227,7 @@ pub async fn connect(broker: Broker) -> anyhow::Result<(Option<Launched>, Connec
                 "nats server started"
             );
             let url = server.url().to_owned();
-            (Some(Launched::Server(server)), url)
+            (Some(Launched::Server(Box::new(server))), url)
         }
         Broker::LaunchCluster(config) => {
             let nodes = config.nodes;

@@ -42,6 +42,11 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     );
     let cargo = cargo::Cargo::with_nats(&server.path);
     ensure_installed(&cargo)?;
+    // cargo-mutants creates only the last directory of the path (and a
+    // fresh clone built with CARGO_TARGET_DIR elsewhere has no target/).
+    let output_dir = cargo::workspace_root().join(OUTPUT_DIR);
+    std::fs::create_dir_all(&output_dir)
+        .with_context(|| format!("creating {}", output_dir.display()))?;
 
     let mut command = cargo.command(&[
         "mutants",
