@@ -3,6 +3,7 @@
 //! `demo` binary as a user runs it.
 
 mod binary;
+mod cluster;
 mod conformance;
 mod crash;
 mod durability;

@@ -1,26 +1,18 @@
 //! Modules as separate processes: each `demo serve --modules X` against one
 //! broker, three payment processes sharing the payments, one of them
 //! SIGKILLed mid-load. Every order still ends once, paid at most once.
+//!
+//! `pub(crate)`: the cluster tests run the same processes.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
-
-use contract::order::{OrderStatus, PlaceOrder};
-use contract::payment::PaymentSucceeded;
-use contract::product::{CreateProduct, GetProduct};
+use contract::product::CreateProduct;
 use contract::user::CreateUser;
 use contract::values::Name;
-use futures::StreamExt;
 use nix::sys::signal::Signal;
 
 use crate::binary::{start_until, Running};
-use crate::durability::terminal_statuses;
-use crate::support::{bucket, place_until_answered, q};
+use crate::support::{bucket, orders, q, settle, Load};
 
-const ORDERS: usize = 300;
-
-async fn serve(url: &str, modules: &str) -> Running {
+pub(crate) async fn serve(url: &str, modules: &str) -> Running {
     let args = [
         "serve",
         "--nats-url",
@@ -39,7 +31,7 @@ async fn serve(url: &str, modules: &str) -> Running {
 
 /// How many events the handler `handler` of this process handled, from the
 /// counts it logs when it stops.
-fn handled(output: &str, handler: &str) -> u64 {
+pub(crate) fn handled(output: &str, handler: &str) -> u64 {
     let line = output
         .lines()
         .find(|l| l.contains(" handled ") && l.contains(handler))
@@ -79,71 +71,21 @@ async fn modules_in_separate_processes_share_the_work_and_survive_a_kill() {
         .unwrap();
 
     // Keyed orders from 16 clients; one payment process dies half-way.
-    let placed = Arc::new(tokio::sync::Semaphore::new(0));
-    let clients = (0..16).map(|c| {
-        let (bus, placed) = (bus.clone(), placed.clone());
-        let request = PlaceOrder {
-            user_id: user.id,
-            product_id: product.id,
-            quantity: q(1),
-        };
-        async move {
-            let mut ids = Vec::new();
-            for n in (c..ORDERS).step_by(16) {
-                let key = format!("split-{n}");
-                ids.push(place_until_answered(&bus, &request, &key, Duration::from_secs(60)).await);
-                placed.add_permits(1);
-            }
-            ids
-        }
-    });
-    let placing = tokio::spawn(futures::future::join_all(clients));
-    let _half = placed.acquire_many(ORDERS as u32 / 2).await.unwrap();
+    let orders = orders(500);
+    let load = Load::place(&bus, user.id, product.id, orders, "split");
+    load.until(orders / 2).await;
     doomed.signal(Signal::SIGKILL);
-    let ids: Vec<_> = placing.await.unwrap().into_iter().flatten().collect();
-    assert_eq!(ids.len(), ORDERS);
+    let (ids, _) = load.finish().await;
 
     // Every order ends (the killed process's unacknowledged payments are
-    // redelivered to the others after their ack wait).
-    let statuses = terminal_statuses(&bus, &ids, Duration::from_secs(120)).await;
-    let fulfilled = statuses
-        .values()
-        .filter(|s| **s == OrderStatus::Fulfilled)
-        .count();
-    let failed = statuses
-        .values()
-        .filter(|s| **s == OrderStatus::Failed)
-        .count();
-    assert_eq!(fulfilled + failed, ORDERS, "{statuses:?}");
-    println!("split: {ORDERS} orders, {fulfilled} fulfilled, {failed} failed");
-
-    // One payment per order, none taken twice.
-    assert_eq!(bucket(&bus, "payments").await.len(), ORDERS);
-    let stream = bus
-        .jetstream()
-        .get_stream(messaging_core::EVENTS_STREAM)
-        .await
-        .unwrap();
-    let mut consumer = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-            filter_subject: contract::payment::SUCCEEDED.to_owned(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let stored = consumer.info().await.unwrap().num_pending as usize;
-    let mut successes = consumer.messages().await.unwrap().take(stored);
-    let mut paid: HashMap<_, u32> = HashMap::new();
-    while let Some(message) = successes.next().await {
-        let event: messaging_core::Delivered<PaymentSucceeded> =
-            messaging_core::Delivered::decode(&message.unwrap().payload).unwrap();
-        *paid.entry(event.event.payment.order_id).or_default() += 1;
-    }
-    assert_eq!(paid.len(), fulfilled);
-    assert!(paid.values().all(|n| *n == 1), "an order was paid twice");
-    let after = bus.request(&GetProduct { id: product.id }).await.unwrap();
-    assert_eq!(after.stock, 10_000 - fulfilled as u32);
-    assert_eq!(after.available, after.stock, "nothing held at rest");
+    // redelivered to the others after their ack wait), paid at most once.
+    let outcome = settle(&bus, &ids, product.id, 10_000).await;
+    println!(
+        "split: {orders} orders, {} fulfilled, {} failed",
+        outcome.fulfilled, outcome.failed
+    );
+    // One payment record per order (taken or declined), none made twice.
+    assert_eq!(bucket(&bus, "payments").await.len(), orders);
 
     // The two surviving payment processes both took a share.
     let mut shares = Vec::new();

@@ -186,3 +186,159 @@ pub async fn place_until_answered(
         }
     }
 }
+
+/// How many `payment.succeeded` events the stream holds for each order
+/// (more than one would be a customer charged twice).
+pub async fn payments_per_order(bus: &Bus) -> std::collections::HashMap<OrderId, u32> {
+    use contract::payment::PaymentSucceeded;
+    use futures::StreamExt;
+    let stream = bus
+        .jetstream()
+        .get_stream(messaging_core::EVENTS_STREAM)
+        .await
+        .unwrap();
+    let mut consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: contract::payment::SUCCEEDED.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let stored = consumer.info().await.unwrap().num_pending as usize;
+    let mut successes = consumer.messages().await.unwrap().take(stored);
+    let mut paid = std::collections::HashMap::new();
+    while let Some(message) = successes.next().await {
+        let event: messaging_core::Delivered<PaymentSucceeded> =
+            messaging_core::Delivered::decode(&message.unwrap().payload).unwrap();
+        *paid.entry(event.event.payment.order_id).or_default() += 1;
+    }
+    paid
+}
+
+/// Keyed orders of one unit each, placed by 16 concurrent careful clients
+/// (see [`place_until_answered`]) in the background.
+pub struct Load {
+    placed: std::sync::Arc<tokio::sync::Semaphore>,
+    /// When each order was answered.
+    answered: std::sync::Arc<std::sync::Mutex<Vec<tokio::time::Instant>>>,
+    clients: tokio::task::JoinHandle<Vec<Vec<OrderId>>>,
+}
+
+impl Load {
+    /// Starts placing `orders` orders keyed `<prefix>-<n>`.
+    pub fn place(
+        bus: &Bus,
+        user_id: contract::user::UserId,
+        product_id: contract::product::ProductId,
+        orders: usize,
+        prefix: &str,
+    ) -> Load {
+        const CLIENTS: usize = 16;
+        let placed = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+        let answered: std::sync::Arc<std::sync::Mutex<Vec<tokio::time::Instant>>> =
+            Default::default();
+        let clients = (0..CLIENTS).map(|c| {
+            let (bus, placed, prefix) = (bus.clone(), placed.clone(), prefix.to_owned());
+            let answered = std::sync::Arc::clone(&answered);
+            let request = PlaceOrder {
+                user_id,
+                product_id,
+                quantity: q(1),
+            };
+            async move {
+                let mut ids = Vec::new();
+                for n in (c..orders).step_by(CLIENTS) {
+                    let key = format!("{prefix}-{n}");
+                    ids.push(place_until_answered(&bus, &request, &key, LOAD_PATIENCE).await);
+                    answered.lock().unwrap().push(tokio::time::Instant::now());
+                    placed.add_permits(1);
+                }
+                ids
+            }
+        });
+        let clients = tokio::spawn(futures::future::join_all(clients.collect::<Vec<_>>()));
+        Load {
+            placed,
+            answered,
+            clients,
+        }
+    }
+
+    /// Waits until `n` orders have been placed (answered) in all.
+    pub async fn until(&self, n: usize) {
+        let permits = self.placed.acquire_many(n as u32).await.unwrap();
+        // Given back: counts are cumulative, `until(2 * n)` after `until(n)`.
+        drop(permits);
+    }
+
+    /// Waits for every order to be placed: their ids, and the longest
+    /// time no order at all was answered (the pause an outage caused).
+    pub async fn finish(self) -> (Vec<OrderId>, Duration) {
+        let ids = self.clients.await.unwrap().into_iter().flatten().collect();
+        let mut answered = self.answered.lock().unwrap().clone();
+        answered.sort();
+        let pause = answered
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or_default();
+        (ids, pause)
+    }
+}
+
+/// How long a careful client keeps retrying one order through an outage.
+const LOAD_PATIENCE: Duration = Duration::from_secs(90);
+
+/// How a load of orders ended.
+#[derive(Debug)]
+pub struct Outcome {
+    pub fulfilled: usize,
+    pub failed: usize,
+}
+
+/// Waits until every order in `ids` is terminal and checks what must hold
+/// at rest: each ended once (fulfilled or failed), no order paid twice, a
+/// payment for each fulfilled one, stock down by exactly the fulfilled
+/// units (of one each), nothing held.
+pub async fn settle(
+    bus: &Bus,
+    ids: &[OrderId],
+    product_id: contract::product::ProductId,
+    initial_stock: u32,
+) -> Outcome {
+    use contract::order::OrderStatus;
+    let statuses = crate::durability::terminal_statuses(bus, ids, Duration::from_secs(120)).await;
+    let count = |wanted| statuses.values().filter(|s| **s == wanted).count();
+    let outcome = Outcome {
+        fulfilled: count(OrderStatus::Fulfilled),
+        failed: count(OrderStatus::Failed),
+    };
+    assert_eq!(
+        outcome.fulfilled + outcome.failed,
+        ids.len(),
+        "{statuses:?}"
+    );
+    let paid = payments_per_order(bus).await;
+    assert!(paid.values().all(|n| *n == 1), "an order was paid twice");
+    assert_eq!(
+        paid.len(),
+        outcome.fulfilled,
+        "a payment per fulfilled order"
+    );
+    let product = bus
+        .request(&contract::product::GetProduct { id: product_id })
+        .await
+        .unwrap();
+    assert_eq!(product.stock, initial_stock - outcome.fulfilled as u32);
+    assert_eq!(product.available, product.stock, "nothing held at rest");
+    outcome
+}
+
+/// How many orders a load test places: `default`, or `SOAK_ORDERS` for a
+/// longer run (`SOAK_ORDERS=5000 cargo test -p demo cluster`).
+pub fn orders(default: usize) -> usize {
+    std::env::var("SOAK_ORDERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default)
+}
