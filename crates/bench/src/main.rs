@@ -62,6 +62,10 @@ struct Cli {
     /// Skip the saga levels.
     #[arg(long)]
     no_saga: bool,
+    /// Skip the scale-out comparison (two payment instances; a 3-node R3
+    /// cluster against one R1 server).
+    #[arg(long)]
+    no_scale: bool,
 }
 
 #[tokio::main]
@@ -99,6 +103,10 @@ async fn main() -> anyhow::Result<()> {
         }
         if !cli.no_saga {
             saga::run(&mut report, &cli.clients, cli.orders, cli.quiet).await?;
+        }
+        if !cli.no_scale {
+            let clients = cli.clients.iter().copied().max().unwrap_or(64).min(64);
+            saga::scale(&mut report, cli.orders, clients, cli.quiet).await?;
         }
     }
     report.add("bench.wall_time", started.elapsed().as_secs_f64(), "s");

@@ -7,14 +7,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use broker::{BrokerConfig, NatsServer};
+use broker::{BrokerConfig, ClusterConfig, NatsCluster, NatsServer};
 use contract::order::{OrderFulfilled, OrderId, PlaceOrder};
 use contract::product::{CreateProduct, Product};
 use contract::user::{CreateUser, User};
 use contract::values::{Name, Quantity};
 use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
-use messaging_core::{shutdown_all, Bus, Connection, ModuleHandle, Storage};
+use demo::app::Launched;
+use messaging_core::{shutdown_all, Bus, Connection, Limits, ModuleHandle, ModuleOptions, Storage};
 use payment::PaymentConfig;
 use tokio::sync::oneshot;
 
@@ -65,10 +66,33 @@ impl Completions {
     }
 }
 
+/// How the system under load is laid out.
+#[derive(Debug, Clone, Copy)]
+pub struct Topology {
+    pub storage: Storage,
+    /// A 3-node cluster with everything R3, instead of one R1 server.
+    pub cluster: bool,
+    /// Instances of the payment module, each on its own connection (as
+    /// separate processes would be), sharing its durable consumers.
+    pub payments: usize,
+}
+
+impl Topology {
+    pub fn single(storage: Storage) -> Self {
+        Self {
+            storage,
+            cluster: false,
+            payments: 1,
+        }
+    }
+}
+
 /// The modules on their own broker, with a user and products to order.
 pub struct System {
-    server: NatsServer,
+    server: Launched,
     modules_conn: Connection,
+    /// The connections of the payment instances beyond the first.
+    extra_conns: Vec<Connection>,
     client_conn: Connection,
     modules: Vec<ModuleHandle>,
     user: User,
@@ -78,15 +102,36 @@ pub struct System {
 }
 
 impl System {
-    pub async fn start(storage: Storage, stock: u32) -> anyhow::Result<System> {
-        let server = NatsServer::start_with(BrokerConfig::default()).await?;
-        let modules_conn = Connection::connect(server.url(), "bench-modules").await?;
-        let client_conn = Connection::connect(server.url(), "bench-clients").await?;
+    pub async fn start(topology: Topology, stock: u32) -> anyhow::Result<System> {
+        let (server, replicas) = if topology.cluster {
+            let cluster = NatsCluster::start_with(ClusterConfig::default()).await?;
+            (Launched::Cluster(cluster), 3)
+        } else {
+            let server = NatsServer::start_with(BrokerConfig::default()).await?;
+            (Launched::Server(Box::new(server)), 1)
+        };
+        let url = server.url();
+        let modules_conn = Connection::connect(&url, "bench-modules").await?;
+        let client_conn = Connection::connect(&url, "bench-clients").await?;
         let payment = PaymentConfig {
             delay: Duration::ZERO,
             ..PaymentConfig::default()
         };
-        let modules = demo::app::register_modules(modules_conn.client(), payment, storage).await?;
+        let options = ModuleOptions {
+            limits: Limits::replicated(replicas),
+            ..ModuleOptions::with_storage(topology.storage)
+        };
+        let all = demo::app::Modules::all();
+        let mut modules =
+            demo::app::register_some(modules_conn.client(), &all, payment.clone(), options)
+                .await?;
+        let mut extra_conns = Vec::new();
+        for n in 1..topology.payments {
+            let conn = Connection::connect(&url, &format!("bench-payment-{n}")).await?;
+            let client = conn.client().clone();
+            modules.push(payment::register_with(client, payment.clone(), options).await?);
+            extra_conns.push(conn);
+        }
         let bus = client_conn.bus().clone();
         let user = bus
             .request(&CreateUser {
@@ -112,6 +157,7 @@ impl System {
         Ok(System {
             server,
             modules_conn,
+            extra_conns,
             client_conn,
             modules,
             user,
@@ -170,13 +216,63 @@ impl System {
         Ok((started.elapsed(), merged))
     }
 
-    pub fn broker_pid(&self) -> Option<u32> {
-        self.server.pid()
+    /// The broker's processes (one, or every node of the cluster).
+    pub fn broker_pids(&self) -> Vec<u32> {
+        match &self.server {
+            Launched::Server(server) => server.pid().into_iter().collect(),
+            Launched::Cluster(cluster) => (0..cluster.len())
+                .filter_map(|i| cluster.node(i)?.pid())
+                .collect(),
+        }
+    }
+
+    /// CPU seconds used so far by us and by the broker's processes.
+    fn cpu(&self) -> (f64, f64) {
+        let broker = self.broker_pids().into_iter().map(|pid| cpu_seconds(Some(pid)));
+        (cpu_seconds(None), broker.sum())
+    }
+
+    /// Places `total` orders from `clients` clients and reports the rate,
+    /// the latencies and the CPU per 1,000 orders under `prefix`.
+    pub async fn measure(
+        &self,
+        report: &mut Report,
+        prefix: &str,
+        clients: usize,
+        total: usize,
+        quiet: bool,
+    ) -> anyhow::Result<()> {
+        let progress = bar(quiet, total, prefix.to_owned());
+        let (ours0, nats0) = self.cpu();
+        let (elapsed, latencies) = self.load(clients, total, &progress).await?;
+        let (ours1, nats1) = self.cpu();
+        progress.finish_and_clear();
+        report.add(
+            format!("{prefix}.orders_per_s"),
+            total as f64 / elapsed.as_secs_f64(),
+            "orders/s",
+        );
+        report.latency(prefix, &latencies, true);
+        let per_k = 1000.0 / total as f64;
+        report.add(
+            format!("{prefix}.cpu_ours"),
+            (ours1 - ours0) * per_k,
+            "cpu-s/1k-orders",
+        );
+        report.add(
+            format!("{prefix}.cpu_nats"),
+            (nats1 - nats0) * per_k,
+            "cpu-s/1k-orders",
+        );
+        Ok(())
     }
 
     pub async fn stop(self) -> anyhow::Result<()> {
         self.watcher.abort();
         shutdown_all(self.modules).await;
+        for conn in self.extra_conns {
+            conn.drain(Duration::from_secs(10)).await?;
+        }
         self.modules_conn.drain(Duration::from_secs(10)).await?;
         self.client_conn.drain(Duration::from_secs(10)).await?;
         self.server.stop().await?;
@@ -210,7 +306,7 @@ pub async fn run(
         ("ephemeral", Storage::Memory),
     ] {
         let stock = (orders * levels.len()).div_ceil(PRODUCTS) as u32 + 10;
-        let system = System::start(storage, stock).await?;
+        let system = System::start(Topology::single(storage), stock).await?;
         // Warm-up, not recorded.
         system
             .load(16, 200.min(orders), &ProgressBar::hidden())
@@ -222,32 +318,55 @@ pub async fn run(
             } else {
                 orders
             };
-            let progress = bar(quiet, total, format!("saga {mode} c{clients}"));
-            let (ours0, nats0) = (cpu_seconds(None), cpu_seconds(system.broker_pid()));
-            let (elapsed, latencies) = system.load(clients, total, &progress).await?;
-            let (ours1, nats1) = (cpu_seconds(None), cpu_seconds(system.broker_pid()));
-            progress.finish_and_clear();
             let prefix = format!("saga.{mode}.c{clients}");
-            report.add(
-                format!("{prefix}.orders_per_s"),
-                total as f64 / elapsed.as_secs_f64(),
-                "orders/s",
-            );
-            report.latency(&prefix, &latencies, true);
-            let per_k = 1000.0 / total as f64;
-            report.add(
-                format!("{prefix}.cpu_ours"),
-                (ours1 - ours0) * per_k,
-                "cpu-s/1k-orders",
-            );
-            report.add(
-                format!("{prefix}.cpu_nats"),
-                (nats1 - nats0) * per_k,
-                "cpu-s/1k-orders",
-            );
+            system
+                .measure(report, &prefix, clients, total, quiet)
+                .await?;
         }
         system.stop().await?;
     }
+    Ok(())
+}
+
+/// Scale-out figures (durable saga, same sizes in each layout): one R1
+/// server with one payment instance (the baseline), with two payment
+/// instances, and a 3-node cluster with everything R3; at 1 client (its
+/// p99) and at `clients`.
+pub async fn scale(
+    report: &mut Report,
+    orders: usize,
+    clients: usize,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let layouts = [
+        ("r1.pay1", false, 1),
+        ("r1.pay2", false, 2),
+        ("r3.pay1", true, 1),
+    ];
+    let single = (orders / 5).max(50);
+    for (name, cluster, payments) in layouts {
+        let topology = Topology {
+            storage: Storage::Durable,
+            cluster,
+            payments,
+        };
+        let stock = (orders + single + 200).div_ceil(PRODUCTS) as u32 + 10;
+        let system = System::start(topology, stock).await?;
+        system
+            .load(16, 200.min(orders), &ProgressBar::hidden())
+            .await?;
+        let prefix = format!("scale.{name}");
+        system
+            .measure(report, &format!("{prefix}.c1"), 1, single, quiet)
+            .await?;
+        system
+            .measure(report, &format!("{prefix}.c{clients}"), clients, orders, quiet)
+            .await?;
+        system.stop().await?;
+    }
+    let at = |name: &str| format!("scale.{name}.c{clients}.orders_per_s");
+    report.ratio("scale.pay2_over_pay1", &at("r1.pay2"), &at("r1.pay1"));
+    report.ratio("scale.r3_over_r1", &at("r3.pay1"), &at("r1.pay1"));
     Ok(())
 }
 
@@ -259,7 +378,7 @@ pub async fn soak(
     quiet: bool,
 ) -> anyhow::Result<()> {
     let stock = orders.div_ceil(PRODUCTS) as u32 + 10;
-    let system = System::start(Storage::Durable, stock).await?;
+    let system = System::start(Topology::single(Storage::Durable), stock).await?;
     let progress = bar(quiet, orders, "soak".to_owned());
     let tenth = (orders / 10).max(1);
     // Ten slices; RSS after the 1st, 5th and 10th; rate of the first and last.
