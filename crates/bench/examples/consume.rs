@@ -31,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
     let server = broker::NatsServer::start().await?;
     let conn = messaging_core::Connection::connect(server.url(), "prof").await?;
     let bus = conn.bus().clone();
-    messaging_core::ensure_stream(bus.jetstream(), &messaging_core::Limits::default()).await?;
+    messaging_core::ensure_stream(bus.client(), &messaging_core::Limits::default()).await?;
     let mut acks = Vec::new();
     for n in 0..total {
         acks.push(bus.jetstream().publish(Tick::SUBJECT, serde_json::to_vec(&serde_json::json!({"event_id": uuid::Uuid::new_v4(), "correlation_id": uuid::Uuid::new_v4(), "n": n, "note": "x"}))?.into()).await?);

@@ -9,7 +9,7 @@ async fn main() -> anyhow::Result<()> {
     let server = broker::NatsServer::start().await?;
     let client = async_nats::connect(server.url()).await?;
     let js = async_nats::jetstream::new(client.clone());
-    messaging_core::ensure_stream(&js, &messaging_core::Limits::default()).await?;
+    messaging_core::ensure_stream(&client, &messaging_core::Limits::default()).await?;
     let stream = js.get_stream("EVENTS").await?;
     for (name, ack, batch) in [
         ("explicit", AckPolicy::Explicit, None),

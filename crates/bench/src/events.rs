@@ -181,7 +181,7 @@ pub async fn run(
     total: usize,
     window: usize,
 ) -> anyhow::Result<()> {
-    messaging_core::ensure_stream(bus.jetstream(), &messaging_core::Limits::default()).await?;
+    messaging_core::ensure_stream(bus.client(), &messaging_core::Limits::default()).await?;
     let mut publish_time = [Duration::ZERO; 3];
     let mut consume_time = [Duration::ZERO; 2];
     for round in 0..rounds {

@@ -12,9 +12,9 @@ use contract::order::{OrderFulfilled, OrderId, PlaceOrder};
 use contract::product::{CreateProduct, Product};
 use contract::user::{CreateUser, User};
 use contract::values::{Name, Quantity};
+use demo::app::Launched;
 use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
-use demo::app::Launched;
 use messaging_core::{shutdown_all, Bus, Connection, Limits, ModuleHandle, ModuleOptions, Storage};
 use payment::PaymentConfig;
 use tokio::sync::oneshot;
@@ -123,8 +123,7 @@ impl System {
         };
         let all = demo::app::Modules::all();
         let mut modules =
-            demo::app::register_some(modules_conn.client(), &all, payment.clone(), options)
-                .await?;
+            demo::app::register_some(modules_conn.client(), &all, payment.clone(), options).await?;
         let mut extra_conns = Vec::new();
         for n in 1..topology.payments {
             let conn = Connection::connect(&url, &format!("bench-payment-{n}")).await?;
@@ -228,7 +227,10 @@ impl System {
 
     /// CPU seconds used so far by us and by the broker's processes.
     fn cpu(&self) -> (f64, f64) {
-        let broker = self.broker_pids().into_iter().map(|pid| cpu_seconds(Some(pid)));
+        let broker = self
+            .broker_pids()
+            .into_iter()
+            .map(|pid| cpu_seconds(Some(pid)));
         (cpu_seconds(None), broker.sum())
     }
 
@@ -360,7 +362,13 @@ pub async fn scale(
             .measure(report, &format!("{prefix}.c1"), 1, single, quiet)
             .await?;
         system
-            .measure(report, &format!("{prefix}.c{clients}"), clients, orders, quiet)
+            .measure(
+                report,
+                &format!("{prefix}.c{clients}"),
+                clients,
+                orders,
+                quiet,
+            )
             .await?;
         system.stop().await?;
     }

@@ -341,7 +341,8 @@ impl Bus {
                     return Err(failed(err.to_string()));
                 };
                 tracing::warn!(subject, "the event stream is gone; creating it again");
-                crate::events::ensure_stream(&self.inner.jetstream, &limits)
+                // One attempt on the bus's own timeout: a publisher waits.
+                crate::events::create_stream(&self.inner.jetstream, &limits)
                     .await
                     .map_err(|e| failed(e.to_string()))?;
                 self.store(event).await

@@ -66,8 +66,10 @@ impl ConsumerOptions {
 }
 
 /// Creates (or updates) the durable consumer and returns its message stream.
+///
+/// With setup's patience: see [`crate::supervisor::retry_setup`].
 pub(crate) async fn open(
-    jetstream: &async_nats::jetstream::Context,
+    client: &async_nats::Client,
     durable: &str,
     subject: &'static str,
     options: ConsumerOptions,
@@ -76,24 +78,29 @@ pub(crate) async fn open(
         subject,
         reason: err,
     };
-    let stream = jetstream
-        .get_stream(EVENTS_STREAM)
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    let consumer: async_nats::jetstream::consumer::Consumer<pull::Config> = stream
-        .create_consumer(pull::Config {
-            durable_name: Some(durable.to_owned()),
-            filter_subject: subject.to_owned(),
-            ack_policy: AckPolicy::Explicit,
-            deliver_policy: DeliverPolicy::All,
-            ack_wait: options.ack_wait,
-            max_deliver: options.max_deliver,
-            max_ack_pending: 10_000,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    consumer.messages().await.map_err(|e| failed(e.to_string()))
+    let config = pull::Config {
+        durable_name: Some(durable.to_owned()),
+        filter_subject: subject.to_owned(),
+        ack_policy: AckPolicy::Explicit,
+        deliver_policy: DeliverPolicy::All,
+        ack_wait: options.ack_wait,
+        max_deliver: options.max_deliver,
+        max_ack_pending: 10_000,
+        ..Default::default()
+    };
+    let jetstream = crate::supervisor::setup_context(client);
+    let create = || async {
+        let stream = jetstream
+            .get_stream(EVENTS_STREAM)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let consumer: async_nats::jetstream::consumer::Consumer<pull::Config> = stream
+            .create_consumer(config.clone())
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        consumer.messages().await.map_err(|e| failed(e.to_string()))
+    };
+    crate::supervisor::retry_setup(durable, create).await
 }
 
 /// Pulls events until the module stops, handling them concurrently.

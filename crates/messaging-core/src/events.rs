@@ -23,8 +23,18 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 pub const EVENTS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Creates the event stream, or brings its configuration up to date: safe to
-/// call from every module at every start.
+/// call from every module at every start. With setup's patience (see
+/// [`crate::supervisor::retry_setup`]).
 pub async fn ensure_stream(
+    client: &async_nats::Client,
+    limits: &Limits,
+) -> Result<(), RegisterError> {
+    let jetstream = crate::supervisor::setup_context(client);
+    crate::supervisor::retry_setup(EVENTS_STREAM, || create_stream(&jetstream, limits)).await
+}
+
+/// One attempt at what [`ensure_stream`] does, on `jetstream`'s timeout.
+pub(crate) async fn create_stream(
     jetstream: &async_nats::jetstream::Context,
     limits: &Limits,
 ) -> Result<(), RegisterError> {

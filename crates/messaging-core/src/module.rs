@@ -256,7 +256,7 @@ impl Module<()> {
             .with_request_timeout(PEER_REQUEST_TIMEOUT)
             .bound_to(declaration, options.limits)
             .deferring_to(deferring);
-        ensure_stream(bus.jetstream(), &options.limits).await?;
+        ensure_stream(bus.client(), &options.limits).await?;
         let options = ModuleOptions {
             max_in_flight: options.max_in_flight.max(1),
             ..options
@@ -357,7 +357,7 @@ impl<S: Send + Sync + 'static> Module<S> {
         let advisories =
             consumer::watch_max_deliveries(self.shared.bus.client(), &durable, subject).await?;
         let messages = consumer::open(
-            self.shared.bus.jetstream(),
+            self.shared.bus.client(),
             &durable,
             subject,
             self.options.consumer,
@@ -394,9 +394,9 @@ impl<S: Send + Sync + 'static> Module<S> {
                         Some(messages) => messages,
                         None => {
                             // The stream may be what went missing.
-                            let jetstream = shared.bus.jetstream();
-                            ensure_stream(jetstream, &limits).await?;
-                            consumer::open(jetstream, &durable, subject, options).await?
+                            let client = shared.bus.client();
+                            ensure_stream(client, &limits).await?;
+                            consumer::open(client, &durable, subject, options).await?
                         }
                     };
                     Ok::<_, RegisterError>(consumer::consume::<E, S, F, Fut>(

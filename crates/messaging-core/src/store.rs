@@ -198,20 +198,29 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
         let backend = match storage {
             Storage::Memory => Backend::Memory(Arc::new(Mutex::new(Memory::with_max_age(max_age)))),
             Storage::Durable => {
-                let js = jetstream::new(client.clone());
-                let existing =
-                    crate::limits::existing_replicas(&js, &format!("KV_{name}"), limits).await;
-                let config = kv::Config {
-                    bucket: name.to_owned(),
-                    history: 1,
-                    max_age: max_age.unwrap_or_default(),
-                    max_bytes: limits.bucket_max_bytes,
-                    storage: jetstream::stream::StorageType::File,
-                    num_replicas: limits.replicas_for(existing),
-                    ..Default::default()
-                };
-                let store = js
-                    .create_or_update_key_value(config)
+                let js = crate::supervisor::setup_context(client);
+                crate::supervisor::retry_setup(name, || async {
+                    let existing =
+                        crate::limits::existing_replicas(&js, &format!("KV_{name}"), limits).await;
+                    let config = kv::Config {
+                        bucket: name.to_owned(),
+                        history: 1,
+                        max_age: max_age.unwrap_or_default(),
+                        max_bytes: limits.bucket_max_bytes,
+                        storage: jetstream::stream::StorageType::File,
+                        num_replicas: limits.replicas_for(existing),
+                        ..Default::default()
+                    };
+                    js.create_or_update_key_value(config)
+                        .await
+                        .map(drop)
+                        .map_err(|err| StoreError::Unavailable(format!("bucket {name}: {err}")))
+                })
+                .await?;
+                // Its reads and writes are a handler's, with its own timeout:
+                // setup's patience is for setup.
+                let store = jetstream::new(client.clone())
+                    .get_key_value(name)
                     .await
                     .map_err(|err| StoreError::Unavailable(format!("bucket {name}: {err}")))?;
                 Backend::Kv(Box::new(store))

@@ -79,12 +79,79 @@ async fn pause(cancel: &CancellationToken, delay: Duration) -> bool {
     }
 }
 
+/// How long one JetStream call may take while a module sets up (the event
+/// stream, its buckets, its consumers). Longer than a handler's 2 s: on a
+/// cluster each of these creates a replicated group, which takes seconds
+/// on a busy machine or during a leader election.
+pub(crate) const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Attempts of one setup step before registering fails.
+const SETUP_ATTEMPTS: u32 = 4;
+
+/// A JetStream context for setup work, with [`SETUP_TIMEOUT`].
+pub(crate) fn setup_context(client: &async_nats::Client) -> async_nats::jetstream::Context {
+    let mut jetstream = async_nats::jetstream::new(client.clone());
+    jetstream.set_timeout(SETUP_TIMEOUT);
+    jetstream
+}
+
+/// Runs a setup step, trying again (up to [`SETUP_ATTEMPTS`] in all, with a
+/// short growing pause) when it fails: a leader election or a busy cluster
+/// makes setup calls time out or find no responder for a few seconds. A
+/// mistake (a bad configuration) fails the same way each time and is
+/// reported after the last attempt, a second or two later.
+pub(crate) async fn retry_setup<T, E, F, Fut>(what: &str, mut step: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let mut delay = RESTART_DELAY;
+    for attempt in 1.. {
+        match step().await {
+            Ok(done) => return Ok(done),
+            Err(err) if attempt < SETUP_ATTEMPTS => {
+                tracing::warn!(what, %err, attempt, ?delay, "setup step failed; trying again");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    unreachable!("the loop returns by its last attempt")
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_setup_step_is_tried_again_until_it_succeeds_or_attempts_run_out() {
+        let calls = AtomicUsize::new(0);
+        let flaky = || async {
+            match calls.fetch_add(1, Ordering::SeqCst) {
+                0 | 1 => Err("timed out"),
+                n => Ok(n),
+            }
+        };
+        assert_eq!(retry_setup("flaky", flaky).await, Ok(2));
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+        let calls = AtomicUsize::new(0);
+        let broken = || async {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(format!("attempt {n} failed"))
+        };
+        let started = tokio::time::Instant::now();
+        let err = retry_setup("broken", broken).await.unwrap_err();
+        assert_eq!(calls.load(Ordering::SeqCst), SETUP_ATTEMPTS as usize);
+        assert_eq!(err, format!("attempt {} failed", SETUP_ATTEMPTS - 1));
+        // Pauses of 200, 400 and 800 ms between the four attempts.
+        assert_eq!(started.elapsed(), Duration::from_millis(1400));
+    }
 
     #[tokio::test]
     async fn a_task_that_dies_or_ends_early_is_restarted_and_counted() {
