@@ -87,6 +87,10 @@ async fn modules_in_separate_processes_share_the_work_and_survive_a_kill() {
     // One payment record per order (taken or declined), none made twice.
     assert_eq!(bucket(&bus, "payments").await.len(), orders);
 
+    // Discovery sees each surviving payment instance, by its own id.
+    let instances = service_ids(&bus, "payment", 2).await;
+    assert_eq!(instances.len(), 2, "{instances:?}");
+
     // The two surviving payment processes both took a share.
     let mut shares = Vec::new();
     for payment in [first, second] {
@@ -102,5 +106,40 @@ async fn modules_in_separate_processes_share_the_work_and_survive_a_kill() {
         let (status, output) = process.finish().await;
         assert!(status.success(), "{output}");
     }
+    // A module that is down is said to be down at once, not a hang.
+    let asked = tokio::time::Instant::now();
+    let down = bus.request(&contract::order::GetOrder { id: ids[0] }).await;
+    assert!(
+        matches!(down, Err(messaging_core::RequestError::NoResponders { .. })),
+        "{down:?}"
+    );
+    assert!(asked.elapsed() < std::time::Duration::from_secs(1));
     broker.shutdown().await;
+}
+
+/// The distinct ids of the instances of service `name` that answer
+/// `$SRV.INFO.<name>`, waiting (at most 10 s) until `wanted` have answered.
+async fn service_ids(bus: &messaging_core::Bus, name: &str, wanted: usize) -> Vec<String> {
+    use futures::StreamExt;
+    let client = bus.client();
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await.unwrap();
+    client
+        .publish_with_reply(format!("$SRV.INFO.{name}"), inbox, "".into())
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while ids.len() < wanted {
+        let reply = tokio::time::timeout_at(deadline, replies.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {ids:?} answered $SRV.INFO.{name}"))
+            .unwrap();
+        let info: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+        let id = info["id"].as_str().unwrap().to_owned();
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    ids
 }
