@@ -10,6 +10,7 @@ mod process;
 mod report;
 mod rpc;
 mod saga;
+mod worker;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -62,6 +63,10 @@ struct Cli {
     /// Skip the saga levels.
     #[arg(long)]
     no_saga: bool,
+    /// Internal: serve a payment instance on URL until SIGTERM (the
+    /// scale-out figures start the bench again this way).
+    #[arg(long, value_name = "URL", hide = true)]
+    payment_worker: Option<String>,
     /// Skip the scale-out comparison (two payment instances; a 3-node R3
     /// cluster against one R1 server).
     #[arg(long)]
@@ -71,6 +76,9 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut cli = Cli::parse();
+    if let Some(url) = &cli.payment_worker {
+        return worker::serve(url).await;
+    }
     if cli.smoke {
         cli.rounds = 1;
         cli.requests = 400;

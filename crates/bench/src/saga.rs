@@ -72,8 +72,9 @@ pub struct Topology {
     pub storage: Storage,
     /// A 3-node cluster with everything R3, instead of one R1 server.
     pub cluster: bool,
-    /// Instances of the payment module, each on its own connection (as
-    /// separate processes would be), sharing its durable consumers.
+    /// Instances of the payment module sharing its durable consumers: the
+    /// first beside the other modules, each other one in a process of its
+    /// own (see [`crate::worker`]).
     pub payments: usize,
 }
 
@@ -91,8 +92,8 @@ impl Topology {
 pub struct System {
     server: Launched,
     modules_conn: Connection,
-    /// The connections of the payment instances beyond the first.
-    extra_conns: Vec<Connection>,
+    /// The payment instances beyond the first, each its own process.
+    workers: Vec<crate::worker::Worker>,
     client_conn: Connection,
     modules: Vec<ModuleHandle>,
     user: User,
@@ -122,14 +123,11 @@ impl System {
             ..ModuleOptions::with_storage(topology.storage)
         };
         let all = demo::app::Modules::all();
-        let mut modules =
-            demo::app::register_some(modules_conn.client(), &all, payment.clone(), options).await?;
-        let mut extra_conns = Vec::new();
-        for n in 1..topology.payments {
-            let conn = Connection::connect(&url, &format!("bench-payment-{n}")).await?;
-            let client = conn.client().clone();
-            modules.push(payment::register_with(client, payment.clone(), options).await?);
-            extra_conns.push(conn);
+        let modules =
+            demo::app::register_some(modules_conn.client(), &all, payment, options).await?;
+        let mut workers = Vec::new();
+        for _ in 1..topology.payments {
+            workers.push(crate::worker::Worker::start(&url).await?);
         }
         let bus = client_conn.bus().clone();
         let user = bus
@@ -156,7 +154,7 @@ impl System {
         Ok(System {
             server,
             modules_conn,
-            extra_conns,
+            workers,
             client_conn,
             modules,
             user,
@@ -225,13 +223,16 @@ impl System {
         }
     }
 
-    /// CPU seconds used so far by us and by the broker's processes.
+    /// CPU seconds used so far by our processes (this one and the
+    /// workers) and by the broker's.
     fn cpu(&self) -> (f64, f64) {
         let broker = self
             .broker_pids()
             .into_iter()
             .map(|pid| cpu_seconds(Some(pid)));
-        (cpu_seconds(None), broker.sum())
+        let workers =
+            (self.workers.iter()).map(|w| w.pid().map_or(0.0, |pid| cpu_seconds(Some(pid))));
+        (cpu_seconds(None) + workers.sum::<f64>(), broker.sum())
     }
 
     /// Places `total` orders from `clients` clients and reports the rate,
@@ -271,10 +272,10 @@ impl System {
 
     pub async fn stop(self) -> anyhow::Result<()> {
         self.watcher.abort();
-        shutdown_all(self.modules).await;
-        for conn in self.extra_conns {
-            conn.drain(Duration::from_secs(10)).await?;
+        for worker in self.workers {
+            worker.stop().await?;
         }
+        shutdown_all(self.modules).await;
         self.modules_conn.drain(Duration::from_secs(10)).await?;
         self.client_conn.drain(Duration::from_secs(10)).await?;
         self.server.stop().await?;

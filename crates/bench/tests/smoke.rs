@@ -25,6 +25,9 @@ fn the_bench_runs_every_phase_and_prints_its_figures() {
         "saga.durable.c1.orders_per_s",
         "saga.durable.c16.p99.9",
         "saga.ephemeral.c16.cpu_nats",
+        "scale.r1.pay2.c1.p99",
+        "scale.r3.pay1.c16.orders_per_s",
+        "scale.r3_over_r1",
         "bench.wall_time",
     ] {
         let line = stdout
