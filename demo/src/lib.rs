@@ -6,5 +6,6 @@
 //! * [`cli`]: the command line.
 
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod scenario;

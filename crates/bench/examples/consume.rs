@@ -51,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
         serves: &[],
         requests: &[],
         publishes: &[],
+        buckets: &[],
         listens: &[Listener::new("count", Tick::SUBJECT)],
     };
     let options = ModuleOptions::with_storage(Storage::Memory);

@@ -42,6 +42,7 @@ async fn main() -> anyhow::Result<()> {
         serves: &[],
         requests: &[],
         publishes: &[Pong::SUBJECT],
+        buckets: &[],
         listens: &[Listener::new("pong", Ping::SUBJECT)],
     };
     let options = ModuleOptions::with_storage(Storage::Memory);

@@ -93,6 +93,8 @@ pub struct BrokerConfig {
     pub jetstream: bool,
     /// Be one node of a cluster (see [`crate::NatsCluster`], which sets this).
     pub cluster: Option<ClusterMembership>,
+    /// Who may connect and what each may do; `None`: anyone, anything.
+    pub authorization: Option<crate::auth::Authorization>,
 }
 
 /// How one node joins a cluster: its names, its route port, its peers.
@@ -120,6 +122,7 @@ impl Default for BrokerConfig {
             port: None,
             jetstream: true,
             cluster: None,
+            authorization: None,
         }
     }
 }
@@ -530,6 +533,9 @@ fn config_text(config: &BrokerConfig, store_dir: &Path) -> String {
                 ""
             }
         );
+    }
+    if let Some(authorization) = &config.authorization {
+        text += &authorization.config_text();
     }
     if let Some(cluster) = &config.cluster {
         let routes: Vec<String> = cluster.routes.iter().map(|r| quoted(r)).collect();

@@ -9,6 +9,8 @@
 pub mod version;
 
 #[cfg(feature = "launcher")]
+pub mod auth;
+#[cfg(feature = "launcher")]
 mod cluster;
 #[cfg(feature = "launcher")]
 mod launcher;

@@ -40,6 +40,7 @@ pub const MODULE: Declaration = Declaration {
     ],
     requests: &[user::GET, product::RESERVE],
     publishes: &[CREATED, PAID, FULFILLED, FAILED, CANCELLED],
+    buckets: &["orders", "orders_open"],
     listens: &[
         Listener::new("mark_paid", payment::SUCCEEDED),
         Listener::new("mark_failed", payment::FAILED),

@@ -19,6 +19,7 @@ pub const MODULE: Declaration = Declaration {
     serves: &[],
     requests: &[],
     publishes: &[SUCCEEDED, FAILED, REFUNDED],
+    buckets: &["payments"],
     listens: &[
         Listener::new("take_payment", order::CREATED),
         Listener::new("refund_cancelled_order", order::CANCELLED),

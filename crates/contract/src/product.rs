@@ -33,6 +33,7 @@ pub const MODULE: Declaration = Declaration {
     ],
     requests: &[],
     publishes: &[CREATED, STOCK_UPDATED],
+    buckets: &["products"],
     listens: &[
         Listener::new("commit_paid_order", order::PAID),
         Listener::new("release_failed_order", order::FAILED),

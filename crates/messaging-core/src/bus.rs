@@ -415,6 +415,60 @@ pub struct WatchSetupError {
     pub reason: String,
 }
 
+/// How a connection proves who it is, and how it keeps its replies to
+/// itself. All optional: the default is an anonymous connection (a
+/// user/password in the URL still works).
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    /// An nkey seed (`SU...`), for a server that knows the user's public key.
+    pub nkey_seed: Option<String>,
+    /// A `.creds` file (JWT and seed), for a server run with accounts.
+    pub creds_file: Option<std::path::PathBuf>,
+    /// Where this connection's replies arrive (`_INBOX_<identity>`; NATS's
+    /// default `_INBOX` when `None`), so that the broker can let each
+    /// identity read its own replies only.
+    pub inbox_prefix: Option<String>,
+    /// TLS: the CA that signed the server's certificate (TLS required).
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// TLS: this client's certificate and key, for servers that verify clients.
+    pub tls_client: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl Credentials {
+    /// The credentials of an nkey identity called `identity`.
+    pub fn nkey(identity: &str, seed: String) -> Self {
+        Self {
+            nkey_seed: Some(seed),
+            inbox_prefix: Some(crate::permissions::inbox_prefix(identity)),
+            ..Self::default()
+        }
+    }
+
+    async fn apply(
+        &self,
+        mut options: async_nats::ConnectOptions,
+    ) -> std::io::Result<async_nats::ConnectOptions> {
+        if let Some(seed) = &self.nkey_seed {
+            options = options.nkey(seed.clone());
+        }
+        if let Some(path) = &self.creds_file {
+            options = options.credentials_file(path).await?;
+        }
+        if let Some(prefix) = &self.inbox_prefix {
+            options = options.custom_inbox_prefix(prefix);
+        }
+        if let Some(ca) = &self.tls_ca {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let Some((cert, key)) = &self.tls_client {
+            options = options
+                .add_client_certificate(cert.clone(), key.clone())
+                .require_tls(true);
+        }
+        Ok(options)
+    }
+}
+
 /// The servers of a comma-separated URL list (`nats://a:4222,nats://b:4222`).
 fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>, ConnectError> {
     let invalid = |source| ConnectError::Url {
@@ -452,9 +506,26 @@ impl Connection {
     /// the client connects to one of them and moves to another by itself
     /// when that one is lost (it also learns the others from the server).
     pub async fn connect(url: &str, name: &str) -> Result<Self, ConnectError> {
+        Self::connect_as(url, name, &Credentials::default()).await
+    }
+
+    /// Connects as an identity (see [`Credentials`]); otherwise as
+    /// [`Connection::connect`].
+    pub async fn connect_as(
+        url: &str,
+        name: &str,
+        credentials: &Credentials,
+    ) -> Result<Self, ConnectError> {
         let servers = server_addrs(url)?;
         let (closed_tx, closed) = watch::channel(false);
-        let client = async_nats::ConnectOptions::new()
+        let options = credentials
+            .apply(async_nats::ConnectOptions::new())
+            .await
+            .map_err(|source| ConnectError::Credentials {
+                url: url.to_owned(),
+                source,
+            })?;
+        let client = options
             .name(name)
             .connection_timeout(Duration::from_secs(5))
             .event_callback(move |event| {

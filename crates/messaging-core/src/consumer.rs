@@ -65,6 +65,14 @@ impl ConsumerOptions {
     }
 }
 
+/// How long one pull request waits for events, and how often the server
+/// says "still here" while none come. A consumer deleted under us (with
+/// its stream, when the stream is recreated at once) goes silent without
+/// an error: two missed heartbeats, 6 s, are how we notice, where the
+/// client's defaults (30 s, 15 s) would take half a minute.
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
+const PULL_HEARTBEAT: Duration = Duration::from_secs(3);
+
 /// Creates (or updates) the durable consumer and returns its message stream.
 ///
 /// With setup's patience: see [`crate::supervisor::retry_setup`].
@@ -98,7 +106,13 @@ pub(crate) async fn open(
             .create_consumer(config.clone())
             .await
             .map_err(|e| failed(e.to_string()))?;
-        consumer.messages().await.map_err(|e| failed(e.to_string()))
+        consumer
+            .stream()
+            .expires(PULL_EXPIRES)
+            .heartbeat(PULL_HEARTBEAT)
+            .messages()
+            .await
+            .map_err(|e| failed(e.to_string()))
     };
     crate::supervisor::retry_setup(durable, create).await
 }

@@ -22,6 +22,11 @@ pub struct Declaration {
     pub requests: &'static [&'static str],
     /// The event subjects it publishes.
     pub publishes: &'static [&'static str],
+    /// The key-value buckets it keeps its state in (its own: no other
+    /// module may touch them). The framework's shared buckets (idempotency
+    /// keys, dead letters) are not listed: each module reaches only its
+    /// own keys in them.
+    pub buckets: &'static [&'static str],
     /// The events it reacts to, each by a named handler.
     pub listens: &'static [Listener],
 }
@@ -87,6 +92,10 @@ impl Declaration {
         self.publishes.contains(&subject)
     }
 
+    pub fn owns_bucket(&self, bucket: &str) -> bool {
+        self.buckets.contains(&bucket)
+    }
+
     pub fn listens(&self, handler: &str, subject: &str) -> bool {
         self.listens
             .iter()
@@ -143,6 +152,7 @@ mod tests {
         }],
         requests: &["other.get"],
         publishes: &["events.probe.tick"],
+        buckets: &[],
         listens: &[Listener {
             handler: "count_ticks",
             subject: "events.probe.tick",
@@ -167,6 +177,7 @@ mod tests {
             subject: "events.probe.tick",
         };
         let twice = Declaration {
+            buckets: &[],
             listens: &[COUNT, COUNT],
             ..PROBE
         };

@@ -277,6 +277,8 @@ pub enum ConnectError {
         url: String,
         source: async_nats::ConnectError,
     },
+    #[error("cannot use the credentials for {url}: {source}")]
+    Credentials { url: String, source: std::io::Error },
     #[error("{url:?} is not a NATS URL (or a comma-separated list of them): {source}")]
     Url { url: String, source: std::io::Error },
 }

@@ -31,7 +31,7 @@ pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// After this long, an unfinished first attempt is presumed dead.
 pub const STALE_CLAIM: Duration = Duration::from_secs(10);
 
-const BUCKET: &str = "idempotency";
+pub(crate) const BUCKET: &str = "idempotency";
 const NAMESPACE: Uuid = Uuid::from_u128(0x1de3_9073_4c0e_4a11_b0b5_7e57_ab1e_c0de);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -76,8 +76,13 @@ impl IdempotencyKeys {
         })
     }
 
+    /// `<subject>.<uuid of subject and key>`: a fixed size whatever the
+    /// client sent, and under the subject's own prefix, so the broker can
+    /// let each module reach only the keys of the subjects it serves
+    /// (`$KV.idempotency.<subject>.*`).
     fn record_key(subject: &str, key: &str) -> String {
-        Uuid::new_v5(&NAMESPACE, format!("{subject}\n{key}").as_bytes()).to_string()
+        let id = Uuid::new_v5(&NAMESPACE, format!("{subject}\n{key}").as_bytes());
+        format!("{subject}.{id}")
     }
 
     pub async fn claim(

@@ -30,12 +30,13 @@ mod idempotency;
 mod limits;
 mod message;
 mod module;
+pub mod permissions;
 mod stats;
 pub mod store;
 mod supervisor;
 
 pub use bus::{
-    Announced, Bus, Connection, Published, WatchSetupError, CORRELATION_ID,
+    Announced, Bus, Connection, Credentials, Published, WatchSetupError, CORRELATION_ID,
     DEFAULT_REQUEST_TIMEOUT, PUBLISHED_BY,
 };
 pub use consumer::ConsumerOptions;

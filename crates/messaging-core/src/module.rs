@@ -131,6 +131,12 @@ impl Setup {
     where
         V: serde::Serialize + serde::de::DeserializeOwned + Clone,
     {
+        if !self.declaration.owns_bucket(bucket) {
+            return Err(StoreError::Undeclared {
+                module: self.declaration.name,
+                bucket: bucket.to_owned(),
+            });
+        }
         let storage = self.options.storage;
         Table::open(
             self.bus.client(),

@@ -44,12 +44,19 @@ pub enum StoreError {
     },
     #[error("state store unavailable: {0}")]
     Unavailable(String),
+    #[error("module {module} does not declare the bucket {bucket}")]
+    Undeclared {
+        module: &'static str,
+        bucket: String,
+    },
 }
 
 impl From<StoreError> for crate::ServiceError {
     fn from(err: StoreError) -> Self {
         match err {
-            StoreError::Corrupt { .. } => crate::ServiceError::internal(err.to_string()),
+            StoreError::Corrupt { .. } | StoreError::Undeclared { .. } => {
+                crate::ServiceError::internal(err.to_string())
+            }
             other => crate::ServiceError::unavailable(other.to_string()),
         }
     }

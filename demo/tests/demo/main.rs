@@ -2,6 +2,7 @@
 //! the flow in one process, the saga's guarantees under concurrency, and the
 //! `demo` binary as a user runs it.
 
+mod auth;
 mod binary;
 mod cluster;
 mod conformance;

@@ -185,6 +185,7 @@ pub mod fixture {
         }],
         requests: &["stock.take"],
         publishes: &["events.shop.sold"],
+        buckets: &[],
         listens: &[],
     };
 
@@ -197,6 +198,7 @@ pub mod fixture {
         }],
         requests: &[],
         publishes: &["events.stock.low"],
+        buckets: &[],
         listens: &[Listener {
             handler: "count_sale",
             subject: "events.shop.sold",

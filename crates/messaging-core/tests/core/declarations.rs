@@ -131,6 +131,7 @@ const PEER: Declaration = Declaration {
     }],
     requests: &[],
     publishes: &[],
+    buckets: &[],
     listens: &[],
 };
 
@@ -143,6 +144,7 @@ const RELAY: Declaration = Declaration {
     }],
     requests: &[Lookup::SUBJECT],
     publishes: &[Noted::SUBJECT],
+    buckets: &[],
     listens: &[],
 };
 
@@ -162,6 +164,7 @@ const ROGUE: Declaration = Declaration {
     ],
     requests: &[],
     publishes: &[],
+    buckets: &[],
     listens: &[],
 };
 
@@ -171,6 +174,7 @@ const COUNTER: Declaration = Declaration {
     serves: &[],
     requests: &[],
     publishes: &[],
+    buckets: &[],
     listens: &[Listener {
         handler: "count",
         subject: Tick::SUBJECT,
@@ -184,6 +188,7 @@ const RENAMED_V1: Declaration = Declaration {
     serves: &[],
     requests: &[],
     publishes: &[],
+    buckets: &[],
     listens: &[Listener {
         handler: "count",
         subject: ProbeV1::SUBJECT,
@@ -191,6 +196,7 @@ const RENAMED_V1: Declaration = Declaration {
 };
 
 const RENAMED_V2: Declaration = Declaration {
+    buckets: &[],
     listens: &[Listener {
         handler: "count",
         subject: ProbeV2::SUBJECT,
@@ -204,6 +210,7 @@ const TWO_HANDLERS: Declaration = Declaration {
     serves: &[],
     requests: &[],
     publishes: &[],
+    buckets: &[],
     listens: &[
         Listener {
             handler: "a",
@@ -222,6 +229,7 @@ const JUDGE: Declaration = Declaration {
     serves: &[],
     requests: &[],
     publishes: &[],
+    buckets: &[],
     listens: &[Listener {
         handler: "decide",
         subject: Verdict::SUBJECT,

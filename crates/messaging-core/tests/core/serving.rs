@@ -34,6 +34,7 @@ const PROBE: Declaration = Declaration {
     ],
     requests: &[],
     publishes: &[Tock::SUBJECT],
+    buckets: &[],
     listens: &[Listener {
         handler: "on_tick",
         subject: Tick::SUBJECT,

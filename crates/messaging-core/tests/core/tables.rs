@@ -69,6 +69,7 @@ const KEEPER: Declaration = Declaration {
     serves: &[],
     requests: &[],
     publishes: &[],
+    buckets: &[],
     listens: &[],
 };
 
