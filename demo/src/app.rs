@@ -13,7 +13,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use broker::{BrokerConfig, ClusterConfig, NatsCluster, NatsServer};
 use messaging_core::{
-    shutdown_all, Bus, Connection, ModuleHandle, ModuleOptions, RegisterError, Storage,
+    permissions, shutdown_all, Bus, Connection, Credentials, ModuleHandle, ModuleOptions,
+    RegisterError, Storage,
 };
 use payment::PaymentConfig;
 
@@ -59,12 +60,51 @@ impl Launched {
     }
 }
 
-/// The modules, connected and serving.
+/// Who the processes connect as.
+pub enum Access {
+    /// Nobody proves anything: an open broker (`--no-auth`, or a server
+    /// without authorization).
+    Open,
+    /// Each module as itself, the scenario and tools as `admin`, from the
+    /// identities' seeds; a launched broker knows exactly these.
+    Identities(crate::auth::Identities),
+    /// One identity for everything in this process (`--nkey`, `--creds`).
+    Single(Credentials),
+}
+
+impl Access {
+    /// How `who` (a module, or `admin`) connects; `tls` added.
+    pub fn credentials(&self, who: &str, tls: &Credentials) -> Credentials {
+        let own = match self {
+            Access::Open => Credentials::default(),
+            Access::Identities(identities) => identities.credentials(who),
+            Access::Single(credentials) => credentials.clone(),
+        };
+        Credentials {
+            tls_ca: tls.tls_ca.clone(),
+            tls_client: tls.tls_client.clone(),
+            ..own
+        }
+    }
+
+    /// The identities, when each module has its own.
+    pub fn identities(&self) -> Option<&crate::auth::Identities> {
+        match self {
+            Access::Identities(identities) => Some(identities),
+            _ => None,
+        }
+    }
+}
+
+/// The modules, connected and serving, each on its own connection (as its
+/// own identity when there are identities).
 pub struct App {
     server: Option<Launched>,
     url: String,
+    /// The scenario's and tools' connection (`admin`).
     connection: Connection,
-    modules: Vec<ModuleHandle>,
+    modules: Vec<(Connection, ModuleHandle)>,
+    access: Access,
 }
 
 impl App {
@@ -76,24 +116,51 @@ impl App {
         storage: Storage,
     ) -> anyhow::Result<App> {
         let options = ModuleOptions::with_storage(storage);
-        Self::start_some(broker, &Modules::all(), payment, options).await
+        let access = Access::Identities(crate::auth::Identities::load_or_generate(None)?);
+        let tls = Credentials::default();
+        Self::start_some(broker, access, &tls, &Modules::all(), payment, options).await
     }
 
-    /// Starts (or joins) the broker and registers the `modules` asked for:
-    /// the others may run in other processes, or not at all.
+    /// Starts (or joins) the broker and registers the `modules` asked for
+    /// (the others may run in other processes, or not at all), each module
+    /// connected as `access` says.
     pub async fn start_some(
         broker: Broker,
+        access: Access,
+        tls: &Credentials,
         modules: &Modules,
         payment: PaymentConfig,
         options: ModuleOptions,
     ) -> anyhow::Result<App> {
-        let (server, connection, url) = connect(broker).await?;
-        let modules = register_some(connection.client(), modules, payment, options).await?;
+        let (server, connection, url) = connect(broker, &access, tls).await?;
+        let mut running = Vec::new();
+        for name in modules.names() {
+            let credentials = access.credentials(name, tls);
+            let module_connection = Connection::connect_as(&url, name, &credentials)
+                .await
+                .with_context(|| format!("connecting the {name} module"))?;
+            let one = Modules(vec![name]);
+            let handles =
+                register_some(module_connection.client(), &one, payment.clone(), options).await;
+            match handles {
+                Ok(mut handles) => running.push((module_connection, handles.remove(0))),
+                Err(err) => {
+                    // Stop what did start, then say why.
+                    for (connection, module) in running {
+                        module.shutdown().await;
+                        let _ = connection.drain(DRAIN_TIMEOUT).await;
+                    }
+                    let _ = connection.drain(DRAIN_TIMEOUT).await;
+                    return Err(err.into());
+                }
+            }
+        }
         Ok(App {
             server,
             url,
             connection,
-            modules,
+            modules: running,
+            access,
         })
     }
 
@@ -108,8 +175,13 @@ impl App {
     }
 
     /// The running modules (for their handler counters).
-    pub fn modules(&self) -> &[ModuleHandle] {
-        &self.modules
+    pub fn modules(&self) -> impl Iterator<Item = &ModuleHandle> {
+        self.modules.iter().map(|(_, module)| module)
+    }
+
+    /// Who the processes connect as (the identities' seeds, if any).
+    pub fn access(&self) -> &Access {
+        &self.access
     }
 
     /// Stops everything gracefully; see the module docs for the order.
@@ -125,7 +197,11 @@ impl App {
             ..
         } = self;
         tokio::time::timeout(SHUTDOWN_TIMEOUT, async {
+            let (connections, modules): (Vec<_>, Vec<_>) = modules.into_iter().unzip();
             shutdown_all(modules).await;
+            for module_connection in connections {
+                module_connection.drain(DRAIN_TIMEOUT).await?;
+            }
             connection.drain(DRAIN_TIMEOUT).await
         })
         .await
@@ -214,10 +290,18 @@ impl Modules {
     }
 }
 
-/// Starts (or joins) the broker and connects; checks that it has JetStream.
-pub async fn connect(broker: Broker) -> anyhow::Result<(Option<Launched>, Connection, String)> {
+/// Starts (or joins) the broker and connects as `admin` (or as `access`
+/// says); checks that it has JetStream. A launched broker knows the
+/// identities of `access`, and only them; with [`Access::Open`] it is open.
+pub async fn connect(
+    broker: Broker,
+    access: &Access,
+    tls: &Credentials,
+) -> anyhow::Result<(Option<Launched>, Connection, String)> {
+    let authorization = access.identities().map(|ids| ids.authorization());
     let (server, url) = match broker {
-        Broker::Launch(config) => {
+        Broker::Launch(mut config) => {
+            config.authorization = authorization;
             let server = NatsServer::start_with(config)
                 .await
                 .context("cannot start nats-server")?;
@@ -229,7 +313,8 @@ pub async fn connect(broker: Broker) -> anyhow::Result<(Option<Launched>, Connec
             let url = server.url().to_owned();
             (Some(Launched::Server(Box::new(server))), url)
         }
-        Broker::LaunchCluster(config) => {
+        Broker::LaunchCluster(mut config) => {
+            config.node.authorization = authorization;
             let nodes = config.nodes;
             let cluster = NatsCluster::start_with(config)
                 .await
@@ -249,7 +334,8 @@ pub async fn connect(broker: Broker) -> anyhow::Result<(Option<Launched>, Connec
         }
         Broker::Existing(url) => (None, url),
     };
-    let connection = Connection::connect(&url, "demo").await?;
+    let admin = permissions::ADMIN;
+    let connection = Connection::connect_as(&url, "demo", &access.credentials(admin, tls)).await?;
     // Without JetStream nothing durable works: say so now, not as a hang later.
     async_nats::jetstream::new(connection.client().clone())
         .query_account()

@@ -67,6 +67,17 @@ impl Identities {
         Authorization { users }
     }
 
+    /// The `authorization` block of a nats-server's configuration for
+    /// these identities, with a comment on where the seeds are.
+    pub fn config_text(&self) -> String {
+        format!(
+            "# The modules' NATS users, generated from the contract by `demo auth config`.\n\
+             # Seeds (keep them secret): {}/<identity>.nk\n{}",
+            self.dir.display(),
+            self.authorization().config_text()
+        )
+    }
+
     /// How `identity` connects.
     pub fn credentials(&self, identity: &str) -> Credentials {
         let seed = self.identities[identity].seed.clone();

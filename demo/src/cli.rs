@@ -50,6 +50,40 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub port: Option<u16>,
 
+    /// Launch the broker without authorization: any client may do anything
+    /// (for experiments; says so in a warning).
+    #[arg(long, global = true)]
+    pub no_auth: bool,
+
+    /// Where the identities' nkey seeds are (`<identity>.nk`, made if
+    /// missing). Default: `<data-dir>/auth`, or a temporary directory. With
+    /// --nats-url, each module connects with its own seed from here.
+    #[arg(long, value_name = "DIR", global = true)]
+    pub auth_dir: Option<PathBuf>,
+
+    /// With --nats-url: connect everything in this process with this nkey
+    /// seed file.
+    #[arg(long, value_name = "FILE", global = true, conflicts_with_all = ["creds", "auth_dir"])]
+    pub nkey: Option<PathBuf>,
+
+    /// With --nats-url: connect everything in this process with this
+    /// credentials file (JWT and seed).
+    #[arg(long, value_name = "FILE", global = true, conflicts_with = "auth_dir")]
+    pub creds: Option<PathBuf>,
+
+    /// TLS: the CA certificate that signed the server's (TLS is required).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub tls_ca: Option<PathBuf>,
+
+    /// TLS: this client's certificate (with --tls-key), for servers that
+    /// verify clients.
+    #[arg(long, value_name = "FILE", global = true, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS: this client's private key (with --tls-cert).
+    #[arg(long, value_name = "FILE", global = true, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Keep module state in process memory instead of JetStream key-value buckets.
     #[arg(long, global = true)]
     pub ephemeral: bool,
@@ -76,6 +110,17 @@ pub enum Command {
     /// List or retry the events the modules gave up on.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
+    /// The identities and the broker authorization they need.
+    #[command(subcommand)]
+    Auth(AuthCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Print the `authorization { ... }` block a nats-server needs to run
+    /// the modules with least privilege, for the identities in --auth-dir
+    /// (made if missing).
+    Config,
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,9 +8,12 @@ use std::process::ExitCode;
 
 use broker::{BrokerConfig, SyncMode};
 use clap::Parser;
-use demo::app::{App, Broker, Modules};
+use demo::app::{Access, App, Broker, Modules};
+use demo::auth::Identities;
+use demo::cli::AuthCommand;
 use demo::cli::{Cli, Command, DeadLetterCommand, Sync};
 use messaging_core::dead_letter::DeadLetters;
+use messaging_core::Credentials;
 use messaging_core::Storage;
 use messaging_core::{Limits, ModuleOptions};
 use payment::PaymentConfig;
@@ -96,9 +99,46 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         limits: Limits::replicated(replicas.into()),
         ..ModuleOptions::with_storage(storage)
     };
+    let tls = Credentials {
+        tls_ca: cli.tls_ca.clone(),
+        tls_client: cli.tls_cert.clone().zip(cli.tls_key.clone()),
+        ..Credentials::default()
+    };
     let command = cli.command.unwrap_or(Command::Run);
+    let auth_dir = cli
+        .auth_dir
+        .clone()
+        .or_else(|| cli.data_dir.as_ref().map(|dir| dir.join("auth")));
+    if let Command::Auth(AuthCommand::Config) = command {
+        let identities = Identities::load_or_generate(auth_dir.as_deref())?;
+        print!("{}", identities.config_text());
+        return Ok(());
+    }
+    let access = if let Some(file) = &cli.nkey {
+        let seed = std::fs::read_to_string(file)
+            .map_err(|err| anyhow::anyhow!("--nkey {}: {err}", file.display()))?;
+        Access::Single(Credentials {
+            nkey_seed: Some(seed.trim().to_owned()),
+            ..Credentials::default()
+        })
+    } else if let Some(file) = &cli.creds {
+        Access::Single(Credentials {
+            creds_file: Some(file.clone()),
+            ..Credentials::default()
+        })
+    } else if cli.no_auth || (matches!(broker, Broker::Existing(_)) && cli.auth_dir.is_none()) {
+        if cli.no_auth {
+            tracing::warn!(
+                "--no-auth: the broker is open, any client may publish any event and call any \
+                 endpoint (for experiments only)"
+            );
+        }
+        Access::Open
+    } else {
+        Access::Identities(Identities::load_or_generate(auth_dir.as_deref())?)
+    };
     if let Command::DeadLetters(action) = command {
-        return dead_letters(broker, storage, action).await;
+        return dead_letters(broker, &access, &tls, storage, action).await;
     }
 
     let modules = cli.modules.unwrap_or_else(Modules::all);
@@ -111,7 +151,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     tokio::pin!(signal);
 
     let app = tokio::select! {
-        app = App::start_some(broker, &modules, payment, options) => app?,
+        app = App::start_some(broker, access, &tls, &modules, payment, options) => app?,
         // Dropping the half-started app kills the child broker.
         () = &mut signal => return Ok(()),
     };
@@ -133,6 +173,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             // processes reads which is which from these lines.
             println!("modules: {}", modules.names().join(","));
             println!("replicas: {replicas}");
+            if let Some(identities) = app.access().identities() {
+                let client = identities.seed_path(messaging_core::permissions::CLIENT);
+                println!("client seed: {}", client.display());
+                println!(
+                    "connect: nats --server {} --nkey {} (nats-py: nkeys_seed=\"{}\")",
+                    app.url(),
+                    client.display(),
+                    client.display()
+                );
+            }
             println!("serving on {}", app.url());
             (&mut signal).await;
             signalled = true;
@@ -181,6 +231,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// `demo dead-letters list | retry ID`, against `--nats-url` or the store in `--data-dir`.
 async fn dead_letters(
     broker: Broker,
+    access: &Access,
+    tls: &Credentials,
     storage: Storage,
     action: DeadLetterCommand,
 ) -> anyhow::Result<()> {
@@ -199,7 +251,7 @@ async fn dead_letters(
         storage == Storage::Durable,
         "--ephemeral runs keep no dead letters to inspect"
     );
-    let (server, connection, _) = demo::app::connect(broker).await?;
+    let (server, connection, _) = demo::app::connect(broker, access, tls).await?;
     let letters = DeadLetters::open(connection.client(), storage).await?;
     let result = match action {
         DeadLetterCommand::List => letters.list().await.map_err(Into::into).map(|all| {

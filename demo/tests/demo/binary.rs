@@ -102,6 +102,27 @@ pub(crate) struct Running {
     rest: tokio::task::JoinHandle<String>,
 }
 
+/// Connects to what `running` (a `demo serve` with auth on) serves, as
+/// `identity`, with that identity's seed from the auth directory it printed.
+pub(crate) async fn connect_to(running: &Running, identity: &str) -> messaging_core::Connection {
+    let line = |prefix: &str| {
+        running
+            .seen
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} line:\n{}", running.seen))
+            .to_owned()
+    };
+    let url = line("serving on ");
+    let client_seed = std::path::PathBuf::from(line("client seed: "));
+    let seed_file = client_seed.with_file_name(format!("{identity}.nk"));
+    let seed = std::fs::read_to_string(&seed_file).unwrap();
+    let credentials = messaging_core::Credentials::nkey(identity, seed.trim().to_owned());
+    messaging_core::Connection::connect_as(&url, identity, &credentials)
+        .await
+        .unwrap()
+}
+
 /// Starts `demo` with `args` and returns once it printed a line containing
 /// `marker`.
 pub(crate) async fn start_until(args: &[&str], marker: &str) -> Running {
@@ -160,10 +181,14 @@ async fn serve_keeps_the_modules_up_until_sigterm_then_stops_cleanly() {
         .expect("the URL to connect to")
         .to_owned();
 
-    // Another client uses the modules.
-    let client = messaging_core::Connection::connect(&url, "outsider")
-        .await
-        .unwrap();
+    // Auth is on: nobody connects without a known key...
+    let anonymous = async_nats::ConnectOptions::new()
+        .max_reconnects(1)
+        .connect(url.as_str())
+        .await;
+    assert!(anonymous.is_err(), "an anonymous client got in");
+    // ...and a client with the printed seed uses the modules.
+    let client = connect_to(&running, "client").await;
     let name = contract::values::Name::parse("Grace").unwrap();
     let user = client
         .bus()
@@ -360,4 +385,62 @@ async fn sigterm_still_ends_the_demo_when_its_broker_died() {
     );
     assert!(output.contains("error: "), "one clear error:\n{output}");
     assert!(!output.contains("panicked"), "{output}");
+}
+
+#[tokio::test]
+async fn no_auth_opens_the_broker_and_says_so() {
+    let running = start_until(
+        &["serve", "--no-auth", "--payment-delay", "0"],
+        "serving on",
+    )
+    .await;
+    assert!(running.seen.contains("WARN"), "{}", running.seen);
+    assert!(running.seen.contains("--no-auth"), "{}", running.seen);
+    assert!(!running.seen.contains("client seed"), "{}", running.seen);
+    let url = running
+        .seen
+        .lines()
+        .find_map(|l| l.strip_prefix("serving on "))
+        .unwrap()
+        .to_owned();
+    let anyone = messaging_core::Connection::connect(&url, "anyone")
+        .await
+        .unwrap();
+    let name = contract::values::Name::parse("Open").unwrap();
+    anyone
+        .bus()
+        .request(&contract::user::CreateUser { name })
+        .await
+        .unwrap();
+    anyone.drain(WAIT).await.unwrap();
+    running.signal(Signal::SIGTERM);
+    let (status, output) = running.finish().await;
+    assert!(status.success(), "{output}");
+}
+
+#[tokio::test]
+async fn auth_config_prints_a_user_per_identity_and_keeps_the_seeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth_dir = dir.path().to_str().unwrap();
+    let (status, first) = finish(
+        demo(&["auth", "config", "--auth-dir", auth_dir])
+            .spawn()
+            .unwrap(),
+    )
+    .await;
+    assert!(status.success(), "{first}");
+    assert!(first.contains("authorization {"), "{first}");
+    let identities = contract::MODULES.len() + 2;
+    assert_eq!(first.matches("nkey: \"U").count(), identities, "{first}");
+    for identity in ["client", "admin", "order"] {
+        assert!(dir.path().join(format!("{identity}.nk")).is_file());
+    }
+    // The same seeds, the same users, the next time.
+    let (_, second) = finish(
+        demo(&["auth", "config", "--auth-dir", auth_dir])
+            .spawn()
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(first, second);
 }

@@ -8,7 +8,7 @@ use contract::order::{GetOrder, OrderStatus, PlaceOrder};
 use contract::product::CreateProduct;
 use contract::user::CreateUser;
 use contract::values::Name;
-use messaging_core::{Bus, Connection, EVENTS_STREAM};
+use messaging_core::{Bus, EVENTS_STREAM};
 use nix::sys::signal::Signal;
 
 use crate::binary::{start_until, Running};
@@ -143,8 +143,7 @@ async fn a_cluster_restarted_on_its_data_dir_resumes_unfinished_orders() {
         .collect();
     let first = start_until(&args, "serving on").await;
     assert!(first.seen.contains("replicas: 3"), "{}", first.seen);
-    let url = serving_url(&first);
-    let connection = Connection::connect(&url, "test").await.unwrap();
+    let connection = crate::binary::connect_to(&first, "admin").await;
     let bus = connection.bus().clone();
     let (user, product) = customer_and_product(&bus, 100).await;
     let request = PlaceOrder {
@@ -169,8 +168,7 @@ async fn a_cluster_restarted_on_its_data_dir_resumes_unfinished_orders() {
     // Second run, every module, the same stores, new ports.
     let args: Vec<&str> = ["serve"].into_iter().chain(cluster).collect();
     let second = start_until(&args, "serving on").await;
-    let url = serving_url(&second);
-    let connection = Connection::connect(&url, "test").await.unwrap();
+    let connection = crate::binary::connect_to(&second, "admin").await;
     let bus = connection.bus().clone();
     let outcome = settle(&bus, &ids, product.id, 100).await;
     assert_eq!(outcome.fulfilled, ids.len(), "every resumed order is paid");
@@ -178,14 +176,4 @@ async fn a_cluster_restarted_on_its_data_dir_resumes_unfinished_orders() {
     second.signal(Signal::SIGTERM);
     let (status, output) = second.finish().await;
     assert!(status.success(), "{output}");
-}
-
-/// The URLs a `demo serve` said to connect to.
-fn serving_url(running: &Running) -> String {
-    running
-        .seen
-        .lines()
-        .find_map(|l| l.strip_prefix("serving on "))
-        .expect("the URLs to connect to")
-        .to_owned()
 }

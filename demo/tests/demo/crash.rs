@@ -16,7 +16,6 @@ use contract::product::{CreateProduct, GetProduct, Product};
 use contract::user::CreateUser;
 use contract::values::Name;
 use futures::StreamExt;
-use messaging_core::Connection;
 use nix::sys::signal::Signal;
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
@@ -76,7 +75,8 @@ async fn killing_the_system_at_random_moments_loses_no_order_and_doubles_no_effe
     let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
 
     // The client reconnects by itself each time the system is back on its port.
-    let client = Connection::connect(&url, "crash-client").await.unwrap();
+    // As admin: the checks below read the modules' buckets.
+    let client = crate::binary::connect_to(&system, "admin").await;
     let bus = client
         .bus()
         .clone()
