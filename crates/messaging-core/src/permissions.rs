@@ -115,7 +115,9 @@ pub fn module(module: &Declaration) -> Permissions {
     Permissions {
         publish,
         subscribe,
-        allow_responses: !module.serves.is_empty(),
+        // Every module answers requests: its endpoints, and `$SRV`
+        // discovery (a module that serves nothing still answers PING).
+        allow_responses: true,
     }
 }
 

@@ -14,8 +14,11 @@
 use std::future::Future;
 use std::time::Duration;
 
-use broker::{ClusterConfig, NatsCluster, NatsServer};
-use messaging_core::{Bus, Connection, ModuleHandle, RegisterError, RequestError, ServiceError};
+use broker::auth::Authorization;
+use broker::{BrokerConfig, ClusterConfig, NatsCluster, NatsServer};
+use messaging_core::{
+    Bus, Connection, Credentials, ModuleHandle, RegisterError, RequestError, ServiceError,
+};
 
 /// The structured error of a request that was expected to be refused.
 ///
@@ -33,21 +36,37 @@ pub struct TestBroker {
     // Field order matters on drop: the connection goes before the server.
     connection: Option<Connection>,
     server: NatsServer,
+    /// How the test's connections prove who they are.
+    credentials: Credentials,
 }
 
 /// Starts a broker and connects to it; panics with the launcher's error,
 /// which says how to install `nats-server` when it is missing.
 pub async fn spawn_broker() -> TestBroker {
-    let server = match NatsServer::start().await {
+    spawn_broker_with(None, Credentials::default()).await
+}
+
+/// Starts a broker that knows only the users of `authorization` (open when
+/// `None`), and connects to it with `credentials` (its `admin`, say).
+pub async fn spawn_broker_with(
+    authorization: Option<Authorization>,
+    credentials: Credentials,
+) -> TestBroker {
+    let config = BrokerConfig {
+        authorization,
+        ..BrokerConfig::default()
+    };
+    let server = match NatsServer::start_with(config).await {
         Ok(server) => server,
         Err(err) => panic!("cannot start nats-server for the test: {err}"),
     };
-    let connection = Connection::connect(server.url(), "test")
+    let connection = Connection::connect_as(server.url(), "test", &credentials)
         .await
         .expect("connect to the test broker");
     TestBroker {
         connection: Some(connection),
         server,
+        credentials,
     }
 }
 
@@ -67,9 +86,10 @@ impl TestBroker {
         self.connection.as_ref().expect("connection open").bus()
     }
 
-    /// Another, independent connection (e.g. to play a second process).
+    /// Another, independent connection (e.g. to play a second process),
+    /// with the test's credentials.
     pub async fn connect(&self, name: &str) -> Connection {
-        Connection::connect(self.url(), name)
+        Connection::connect_as(self.url(), name, &self.credentials)
             .await
             .expect("connect to the test broker")
     }
@@ -104,8 +124,7 @@ impl TestBroker {
                 .await
                 .expect("drain the test connection");
         }
-        let TestBroker { server, .. } = self;
-        server.stop().await.expect("stop the test broker");
+        self.server.stop().await.expect("stop the test broker");
     }
 }
 
@@ -114,21 +133,39 @@ pub struct TestCluster {
     // Field order matters on drop: the connection goes before the nodes.
     connection: Option<Connection>,
     cluster: NatsCluster,
+    credentials: Credentials,
 }
 
 /// Starts a 3-node cluster (JetStream on every node, each its own store)
 /// and connects to it with every node's URL.
 pub async fn spawn_cluster() -> TestCluster {
-    let cluster = match NatsCluster::start_with(ClusterConfig::default()).await {
+    spawn_cluster_with(None, Credentials::default()).await
+}
+
+/// [`spawn_cluster`], every node knowing only the users of `authorization`
+/// (open when `None`); the test connects with `credentials`.
+pub async fn spawn_cluster_with(
+    authorization: Option<Authorization>,
+    credentials: Credentials,
+) -> TestCluster {
+    let config = ClusterConfig {
+        node: BrokerConfig {
+            authorization,
+            ..BrokerConfig::default()
+        },
+        ..ClusterConfig::default()
+    };
+    let cluster = match NatsCluster::start_with(config).await {
         Ok(cluster) => cluster,
         Err(err) => panic!("cannot start the test cluster: {err}"),
     };
-    let connection = Connection::connect(&cluster.url(), "test")
+    let connection = Connection::connect_as(&cluster.url(), "test", &credentials)
         .await
         .expect("connect to the test cluster");
     TestCluster {
         connection: Some(connection),
         cluster,
+        credentials,
     }
 }
 
@@ -148,9 +185,10 @@ impl TestCluster {
         self.connection.as_ref().expect("connection open").bus()
     }
 
-    /// Another, independent connection to the cluster.
+    /// Another, independent connection to the cluster, with the test's
+    /// credentials.
     pub async fn connect(&self, name: &str) -> Connection {
-        Connection::connect(&self.url(), name)
+        Connection::connect_as(&self.url(), name, &self.credentials)
             .await
             .expect("connect to the test cluster")
     }

@@ -16,11 +16,13 @@ use crate::split::handled;
 use crate::support::{bucket, orders, place_until_answered, q, settle, Load};
 
 /// `demo serve` of `modules` on the cluster at `url`, R3.
-async fn serve_r3(url: &str, modules: &str) -> Running {
+async fn serve_r3(url: &str, auth_dir: &std::path::Path, modules: &str) -> Running {
     let args = [
         "serve",
         "--nats-url",
         url,
+        "--auth-dir",
+        auth_dir.to_str().unwrap(),
         "--replicas",
         "3",
         "--modules",
@@ -64,10 +66,17 @@ async fn customer_and_product(
 
 #[tokio::test]
 async fn losing_the_event_streams_leader_mid_load_loses_nothing_and_doubles_nothing() {
-    let mut app = testkit::spawn_cluster().await;
+    // Every node enforces the generated permissions; the modules connect
+    // as themselves, the test as admin.
+    let identities = demo::auth::Identities::load_or_generate(None).unwrap();
+    let mut app = testkit::spawn_cluster_with(
+        Some(identities.authorization()),
+        identities.credentials("admin"),
+    )
+    .await;
     let url = app.url();
-    let front = serve_r3(&url, "user,product,order").await;
-    let back = serve_r3(&url, "payment,shipping").await;
+    let front = serve_r3(&url, identities.dir(), "user,product,order").await;
+    let back = serve_r3(&url, identities.dir(), "payment,shipping").await;
     let bus = app.bus().clone();
     for stream in [
         EVENTS_STREAM,

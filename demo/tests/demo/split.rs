@@ -12,11 +12,15 @@ use nix::sys::signal::Signal;
 use crate::binary::{start_until, Running};
 use crate::support::{bucket, orders, q, settle, Load};
 
-pub(crate) async fn serve(url: &str, modules: &str) -> Running {
+/// `demo serve` of `modules` against `url`, each module as itself with
+/// its seed from `auth_dir`.
+pub(crate) async fn serve(url: &str, auth_dir: &std::path::Path, modules: &str) -> Running {
     let args = [
         "serve",
         "--nats-url",
         url,
+        "--auth-dir",
+        auth_dir.to_str().unwrap(),
         "--modules",
         modules,
         "--payment-delay",
@@ -42,16 +46,24 @@ pub(crate) fn handled(output: &str, handler: &str) -> u64 {
 
 #[tokio::test]
 async fn modules_in_separate_processes_share_the_work_and_survive_a_kill() {
-    let broker = testkit::spawn_broker().await;
+    // Least privilege: each process's modules connect as themselves, the
+    // test as admin.
+    let identities = demo::auth::Identities::load_or_generate(None).unwrap();
+    let broker = testkit::spawn_broker_with(
+        Some(identities.authorization()),
+        identities.credentials("admin"),
+    )
+    .await;
+    let auth = identities.dir();
     let url = broker.url().to_owned();
     let mut processes = Vec::new();
     for modules in ["user", "product", "order", "shipping"] {
-        processes.push(serve(&url, modules).await);
+        processes.push(serve(&url, auth, modules).await);
     }
     let payments = [
-        serve(&url, "payment").await,
-        serve(&url, "payment").await,
-        serve(&url, "payment").await,
+        serve(&url, auth, "payment").await,
+        serve(&url, auth, "payment").await,
+        serve(&url, auth, "payment").await,
     ];
     let [first, second, doomed] = payments;
 
