@@ -214,18 +214,18 @@ impl Bus {
             }
             outgoing = outgoing.headers(headers);
         }
-        let reply = self
-            .inner
-            .client
-            .send_request(subject, outgoing)
-            .await
-            .map_err(|source| match source.kind() {
-                async_nats::RequestErrorKind::NoResponders => {
-                    RequestError::NoResponders { subject }
-                }
-                async_nats::RequestErrorKind::TimedOut => RequestError::Timeout { subject },
-                _ => RequestError::Transport { subject, source },
-            })?;
+        // A request the broker refuses goes nowhere: fail when it says so.
+        let refusal = crate::refusals::watch();
+        let sent = self.inner.client.send_request(subject, outgoing);
+        let reply = tokio::select! {
+            reply = sent => reply,
+            () = refusal.refused(subject) => return Err(RequestError::Forbidden { subject }),
+        }
+        .map_err(|source| match source.kind() {
+            async_nats::RequestErrorKind::NoResponders => RequestError::NoResponders { subject },
+            async_nats::RequestErrorKind::TimedOut => RequestError::Timeout { subject },
+            _ => RequestError::Transport { subject, source },
+        })?;
         // Service errors travel as headers with an empty body (ADR-32).
         if let Some(error) = reply.headers.as_ref().and_then(ServiceError::from_headers) {
             return Err(RequestError::Remote { subject, error });
@@ -332,7 +332,14 @@ impl Bus {
     ) -> Result<Published, PublishError> {
         let subject = event.subject;
         let failed = |reason: String| PublishError::Stream { subject, reason };
-        let ack = match self.store(event).await {
+        // An event the broker refuses is never acknowledged: fail when it
+        // says so rather than at the ack timeout.
+        let refusal = crate::refusals::watch();
+        let stored = tokio::select! {
+            stored = self.store(event) => stored,
+            () = refusal.refused(subject) => return Err(PublishError::Forbidden { subject }),
+        };
+        let ack = match stored {
             // The stream was deleted (an operator, a lost store): a module
             // knows how it should look, so it sets it up again and retries
             // once, rather than answer 503 until somebody restarts it.
@@ -591,6 +598,7 @@ fn log_event(event: async_nats::Event, closed: &watch::Sender<bool>) {
         Connected => tracing::debug!("connected to nats"),
         Draining => tracing::debug!("nats connection draining"),
         LameDuckMode => tracing::warn!("nats server entered lame duck mode"),
+        ServerError(async_nats::ServerError::Other(text)) if crate::refusals::report(&text) => {}
         ServerError(err) => tracing::warn!(%err, "nats server error"),
         ClientError(err) => tracing::warn!(%err, "nats client error"),
     }

@@ -197,6 +197,9 @@ pub enum RequestError {
         reason: String,
     },
     /// The connection failed while sending.
+    /// The broker's permissions do not let this connection send it.
+    #[error("the broker refused {subject}: this identity may not send it")]
+    Forbidden { subject: &'static str },
     #[error("request to {subject} failed: {source}")]
     Transport {
         subject: &'static str,
@@ -222,9 +225,9 @@ impl From<PublishError> for ServiceError {
     fn from(err: PublishError) -> Self {
         match err {
             PublishError::Stream { .. } => ServiceError::unavailable(err.to_string()),
-            PublishError::Undeclared { .. } | PublishError::Encode { .. } => {
-                ServiceError::internal(err.to_string())
-            }
+            PublishError::Undeclared { .. }
+            | PublishError::Encode { .. }
+            | PublishError::Forbidden { .. } => ServiceError::internal(err.to_string()),
         }
     }
 }
@@ -267,6 +270,9 @@ pub enum PublishError {
         subject: &'static str,
         reason: String,
     },
+    /// The broker's permissions do not let this connection publish it.
+    #[error("the broker refused {subject}: this identity may not publish it")]
+    Forbidden { subject: &'static str },
 }
 
 /// Why connecting to the broker failed.
@@ -354,9 +360,9 @@ impl From<PublishError> for EventError {
     fn from(err: PublishError) -> Self {
         match err {
             PublishError::Stream { .. } => Self::Transient(err.to_string()),
-            PublishError::Encode { .. } | PublishError::Undeclared { .. } => {
-                Self::Permanent(err.to_string())
-            }
+            PublishError::Encode { .. }
+            | PublishError::Undeclared { .. }
+            | PublishError::Forbidden { .. } => Self::Permanent(err.to_string()),
         }
     }
 }
@@ -368,7 +374,8 @@ impl From<RequestError> for EventError {
         match err {
             RequestError::Undeclared { .. }
             | RequestError::Encode { .. }
-            | RequestError::InvalidKey { .. } => Self::Permanent(err.to_string()),
+            | RequestError::InvalidKey { .. }
+            | RequestError::Forbidden { .. } => Self::Permanent(err.to_string()),
             other => ServiceError::from(other).into(),
         }
     }

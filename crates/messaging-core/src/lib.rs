@@ -31,6 +31,7 @@ mod limits;
 mod message;
 mod module;
 pub mod permissions;
+mod refusals;
 mod stats;
 pub mod store;
 mod supervisor;

@@ -40,7 +40,13 @@ pub fn document(system: &System) -> String {
     let mut identities: Vec<(String, String, Permissions)> = system
         .modules
         .iter()
-        .map(|m| (m.name.to_owned(), format!("{}.", m.description), permissions::module(m)))
+        .map(|m| {
+            (
+                m.name.to_owned(),
+                format!("{}.", m.description),
+                permissions::module(m),
+            )
+        })
         .collect();
     identities.push((
         permissions::CLIENT.to_owned(),
