@@ -23,8 +23,8 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 pub const EVENTS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Creates the event stream, or brings its configuration up to date: safe to
-/// call from every module at every start. With setup's patience (see
-/// [`crate::supervisor::retry_setup`]).
+/// call from every module at every start. With setup's patience: a 10 s
+/// timeout, and up to 4 attempts (a busy cluster, a leader election).
 pub async fn ensure_stream(
     client: &async_nats::Client,
     limits: &Limits,

@@ -42,8 +42,32 @@ pub struct TestBroker {
 
 /// Starts a broker and connects to it; panics with the launcher's error,
 /// which says how to install `nats-server` when it is missing.
+///
+/// Authorization is on, as in production: the broker knows one identity,
+/// the test's `admin` (every permission), and refuses anybody else. Tests
+/// of least privilege itself use [`spawn_broker_with`] and the modules'
+/// own identities.
 pub async fn spawn_broker() -> TestBroker {
-    spawn_broker_with(None, Credentials::default()).await
+    let (authorization, credentials) = admin_only();
+    spawn_broker_with(Some(authorization), credentials).await
+}
+
+/// An authorization that knows only a fresh `admin` identity (allowed
+/// everything), and the credentials to connect as it.
+pub fn admin_only() -> (Authorization, Credentials) {
+    let admin = broker::auth::Identity::generate(messaging_core::permissions::ADMIN)
+        .expect("an nkey can be generated");
+    let granted = messaging_core::permissions::admin();
+    let authorization = Authorization {
+        users: vec![broker::auth::AuthorizedUser {
+            nkey: admin.public_key.clone(),
+            publish: granted.publish,
+            subscribe: granted.subscribe,
+            allow_responses: granted.allow_responses,
+        }],
+    };
+    let credentials = Credentials::nkey(messaging_core::permissions::ADMIN, admin.seed);
+    (authorization, credentials)
 }
 
 /// Starts a broker that knows only the users of `authorization` (open when
@@ -74,6 +98,11 @@ impl TestBroker {
     /// The broker's client URL.
     pub fn url(&self) -> &str {
         self.server.url()
+    }
+
+    /// How the test's connections prove who they are (its `admin`).
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
     }
 
     /// The broker process.
@@ -137,9 +166,11 @@ pub struct TestCluster {
 }
 
 /// Starts a 3-node cluster (JetStream on every node, each its own store)
-/// and connects to it with every node's URL.
+/// and connects to it with every node's URL; authorization on, as in
+/// [`spawn_broker`].
 pub async fn spawn_cluster() -> TestCluster {
-    spawn_cluster_with(None, Credentials::default()).await
+    let (authorization, credentials) = admin_only();
+    spawn_cluster_with(Some(authorization), credentials).await
 }
 
 /// [`spawn_cluster`], every node knowing only the users of `authorization`
@@ -247,4 +278,24 @@ impl TestModule {
         self.module.shutdown().await;
         self.broker.shutdown().await;
     }
+}
+
+/// The `CONNECT` line a raw protocol client (a test playing an attacker,
+/// no library in the way) sends after the server's `INFO` line `info`:
+/// signed with the nkey `seed`, as a broker with authorization requires.
+pub fn raw_connect(info: &str, seed: &str) -> String {
+    use base64::Engine;
+    let info: serde_json::Value =
+        serde_json::from_str(info.trim().strip_prefix("INFO ").expect("an INFO line"))
+            .expect("INFO is JSON");
+    let nonce = info["nonce"].as_str().expect("a nonce to sign");
+    let key = nkeys::KeyPair::from_seed(seed).expect("a valid seed");
+    let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(key.sign(nonce.as_bytes()).expect("signing works"));
+    let connect = serde_json::json!({
+        "verbose": false, "pedantic": false, "headers": true,
+        "no_responders": true, "protocol": 1,
+        "nkey": key.public_key(), "sig": signature,
+    });
+    format!("CONNECT {connect}\r\n")
 }

@@ -219,10 +219,26 @@ async fn ctrl_c_in_the_middle_of_the_scenario_shuts_down_gracefully() {
 
 #[tokio::test]
 async fn an_existing_server_can_be_used_with_nats_url() {
-    let server = NatsServer::start().await.unwrap();
-    let child = demo(&["--nats-url", server.url(), "--payment-delay", "0"])
-        .spawn()
-        .unwrap();
+    // Somebody else's server, configured with `demo auth config`'s users:
+    // the demo connects each module with its seed from --auth-dir.
+    let auth = tempfile::tempdir().unwrap();
+    let identities = demo::auth::Identities::load_or_generate(Some(auth.path())).unwrap();
+    let server = NatsServer::start_with(broker::BrokerConfig {
+        authorization: Some(identities.authorization()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let auth_dir = auth.path().to_str().unwrap();
+    let args = [
+        "--nats-url",
+        server.url(),
+        "--auth-dir",
+        auth_dir,
+        "--payment-delay",
+        "0",
+    ];
+    let child = demo(&args).spawn().unwrap();
     let (status, output) = finish(child).await;
     assert!(status.success(), "{status}\n{output}");
     assert!(
@@ -233,6 +249,14 @@ async fn an_existing_server_can_be_used_with_nats_url() {
         assert!(output.contains(step), "missing {step:?}:\n{output}");
     }
     assert_clean(&output);
+
+    // Without credentials, that server is closed to it.
+    let child = demo(&["--nats-url", server.url(), "--payment-delay", "0"])
+        .spawn()
+        .unwrap();
+    let (status, output) = finish(child).await;
+    assert!(!status.success(), "{output}");
+    assert!(output.contains("authorization violation"), "{output}");
     server.stop().await.unwrap();
 }
 

@@ -188,15 +188,21 @@ pub async fn terminal_statuses(
 #[tokio::test]
 async fn the_broker_restarting_mid_load_loses_nothing() {
     let store = tempfile::tempdir().unwrap();
+    let (authorization, admin) = testkit::admin_only();
     let config = BrokerConfig {
         store_dir: Some(store.path().to_owned()),
+        authorization: Some(authorization),
         ..BrokerConfig::default()
     };
     let server = NatsServer::start_with(config.clone()).await.unwrap();
     let port: u16 = server.url().rsplit(':').next().unwrap().parse().unwrap();
     let url = server.url().to_owned();
-    let modules_conn = Connection::connect(&url, "modules").await.unwrap();
-    let client_conn = Connection::connect(&url, "client").await.unwrap();
+    let modules_conn = Connection::connect_as(&url, "modules", &admin)
+        .await
+        .unwrap();
+    let client_conn = Connection::connect_as(&url, "client", &admin)
+        .await
+        .unwrap();
     let modules = register_all(modules_conn.bus(), Storage::Durable).await;
     let bus = client_conn.bus().clone();
     let user = bus

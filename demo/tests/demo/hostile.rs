@@ -162,7 +162,9 @@ struct RawClient {
 }
 
 impl RawClient {
-    async fn connect(url: &str) -> Self {
+    /// Connects as the nkey user of `seed`: it signs the server's nonce,
+    /// as any client must on a broker with authorization.
+    async fn connect(url: &str, seed: &str) -> Self {
         let address = url.trim_start_matches("nats://");
         let (read, writer) = TcpStream::connect(address).await.unwrap().into_split();
         let mut client = RawClient {
@@ -170,10 +172,8 @@ impl RawClient {
             writer,
         };
         let info = client.line().await;
-        assert!(info.starts_with("INFO"), "{info}");
-        client
-            .send(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"no_responders\":true,\"protocol\":1}\r\n")
-            .await;
+        let connect = testkit::raw_connect(&info, seed);
+        client.send(connect.as_bytes()).await;
         client
     }
 
@@ -235,7 +235,8 @@ async fn malformed_headers_never_cost_the_connection() {
     let system = spawn_system(Some(instant_payments())).await;
     let stats = system.bus().client().statistics();
     let connects = stats.connects.load(Ordering::SeqCst);
-    let mut raw = RawClient::connect(system.broker.url()).await;
+    let seed = system.broker.credentials().nkey_seed.clone().unwrap();
+    let mut raw = RawClient::connect(system.broker.url(), &seed).await;
     raw.send(b"SUB _INBOX.raw.> 1\r\n").await;
 
     // Requests: each one is still answered (the headers are dropped, the

@@ -285,7 +285,7 @@ async fn an_event_given_up_on_unanswered_is_recorded_from_the_advisory() {
 
 /// Sends `frames` to the broker over a raw protocol connection (what no
 /// well-behaved client sends), and waits until the broker has read them.
-fn send_raw(url: &str, frames: &[u8]) {
+fn send_raw(url: &str, seed: &str, frames: &[u8]) {
     use std::io::{BufRead, BufReader, Write};
     let address = url.trim_start_matches("nats://");
     let stream = std::net::TcpStream::connect(address).unwrap();
@@ -296,7 +296,7 @@ fn send_raw(url: &str, frames: &[u8]) {
     reader.read_line(&mut line).unwrap();
     assert!(line.starts_with("INFO"), "{line}");
     writer
-        .write_all(b"CONNECT {\"verbose\":false,\"headers\":true,\"protocol\":1}\r\n")
+        .write_all(testkit::raw_connect(&line, seed).as_bytes())
         .unwrap();
     writer.write_all(frames).unwrap();
     writer.write_all(b"PING\r\n").unwrap();
@@ -332,7 +332,8 @@ async fn a_stray_status_on_the_pull_inbox_does_not_restart_the_intake() {
     frame.extend_from_slice(header);
     frame.extend_from_slice(b"\r\n");
     let url = app.url().to_owned();
-    tokio::task::spawn_blocking(move || send_raw(&url, &frame))
+    let seed = app.credentials().nkey_seed.clone().unwrap();
+    tokio::task::spawn_blocking(move || send_raw(&url, &seed, &frame))
         .await
         .unwrap();
     // The broker read the status before the ping below is published, and
@@ -408,9 +409,10 @@ impl Proxy {
 async fn a_consumer_deleted_while_the_module_was_cut_off_is_made_again() {
     let app = spawn_broker().await;
     let proxy = Proxy::to(app.url());
-    let connection = messaging_core::Connection::connect(&proxy.url, "cut-off")
-        .await
-        .unwrap();
+    let connection =
+        messaging_core::Connection::connect_as(&proxy.url, "cut-off", app.credentials())
+            .await
+            .unwrap();
     let (handled_tx, mut handled) = mpsc::unbounded_channel();
     let pings = Arc::new(Pings {
         gate: Semaphore::new(100),
