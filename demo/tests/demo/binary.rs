@@ -250,6 +250,21 @@ async fn an_existing_server_can_be_used_with_nats_url() {
     }
     assert_clean(&output);
 
+    // One identity for the whole process (--nkey): the admin's does it all.
+    let admin = identities.seed_path("admin");
+    let admin = admin.to_str().unwrap();
+    let args = [
+        "--nats-url",
+        server.url(),
+        "--nkey",
+        admin,
+        "--payment-delay",
+        "0",
+    ];
+    let (status, output) = finish(demo(&args).spawn().unwrap()).await;
+    assert!(status.success(), "{status}\n{output}");
+    assert_clean(&output);
+
     // Without credentials, that server is closed to it.
     let child = demo(&["--nats-url", server.url(), "--payment-delay", "0"])
         .spawn()
