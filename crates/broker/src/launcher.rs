@@ -355,15 +355,8 @@ impl NatsServer {
         }
         if child.try_wait()?.is_none() {
             tracing::warn!(%pid, "nats-server ignored SIGTERM; killing it");
-            child.kill()?;
-            tokio::task::spawn_blocking(move || child.wait())
-                .await
-                .expect("wait task")?;
         }
-        if let Some(reader) = self.stderr_reader.take() {
-            // The pipe is closed now that the process is gone: this ends at once.
-            let _ = tokio::task::spawn_blocking(move || reader.join()).await;
-        }
+        reap(child, self.stderr_reader.take()).await?;
         tracing::debug!("nats-server stopped");
         Ok(())
     }
@@ -398,14 +391,8 @@ impl NatsServer {
     /// Kills the server at once (SIGKILL), as a crash would, and reaps it;
     /// its store is kept. For fault tests.
     pub async fn kill(mut self) -> Result<(), BrokerError> {
-        if let Some(mut child) = self.child.take() {
-            child.kill()?;
-            tokio::task::spawn_blocking(move || child.wait())
-                .await
-                .expect("wait task")?;
-        }
-        if let Some(reader) = self.stderr_reader.take() {
-            let _ = tokio::task::spawn_blocking(move || reader.join()).await;
+        if let Some(child) = self.child.take() {
+            reap(child, self.stderr_reader.take()).await?;
         }
         Ok(())
     }
@@ -465,6 +452,24 @@ impl Drop for NatsServer {
             let _ = child.wait();
         }
     }
+}
+
+/// Kills `child` if it still runs, reaps it, and waits for its log reader
+/// (which ends at once: the pipe closed with the process).
+async fn reap(
+    mut child: Child,
+    reader: Option<std::thread::JoinHandle<()>>,
+) -> Result<(), BrokerError> {
+    if child.try_wait()?.is_none() {
+        child.kill()?;
+        tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .expect("wait task")?;
+    }
+    if let Some(reader) = reader {
+        let _ = tokio::task::spawn_blocking(move || reader.join()).await;
+    }
+    Ok(())
 }
 
 /// Asks the kernel to SIGKILL the server if the thread that spawned it dies,

@@ -8,9 +8,7 @@ use std::time::Duration;
 use async_nats::ServerError;
 use broker::{BrokerConfig, NatsServer};
 use contract::order::{CancelOrder, OrderStatus, PlaceOrder};
-use contract::product::{CreateProduct, GetProduct};
-use contract::user::CreateUser;
-use contract::values::Name;
+use contract::product::GetProduct;
 use demo::app::Modules;
 use demo::auth::Identities;
 use messaging_core::{Connection, ModuleHandle, ModuleOptions, Storage, EVENTS_STREAM};
@@ -152,19 +150,7 @@ async fn every_identity_does_what_the_contract_says_and_nothing_else() {
 
     // The public flow works: a paid order, a declined one (over the card
     // limit), a cancelled one.
-    let user = bus
-        .request(&CreateUser {
-            name: Name::parse("Ada").unwrap(),
-        })
-        .await
-        .unwrap();
-    let product = bus
-        .request(&CreateProduct {
-            name: Name::parse("Widget").unwrap(),
-            stock: q(100),
-        })
-        .await
-        .unwrap();
+    let (user, product) = crate::support::customer_and_product(bus, 100).await;
     let place = |n| PlaceOrder {
         user_id: user.id,
         product_id: product.id,

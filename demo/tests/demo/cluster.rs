@@ -5,15 +5,12 @@
 use std::time::Duration;
 
 use contract::order::{GetOrder, OrderStatus, PlaceOrder};
-use contract::product::CreateProduct;
-use contract::user::CreateUser;
-use contract::values::Name;
 use messaging_core::{Bus, EVENTS_STREAM};
 use nix::sys::signal::Signal;
 
 use crate::binary::{start_until, Running};
 use crate::split::handled;
-use crate::support::{bucket, orders, place_until_answered, q, settle, Load};
+use crate::support::{bucket, customer_and_product, orders, place_until_answered, q, settle, Load};
 
 /// `demo serve` of `modules` on the cluster at `url`, R3.
 async fn serve_r3(url: &str, auth_dir: &std::path::Path, modules: &str) -> Running {
@@ -41,27 +38,6 @@ async fn serve_r3(url: &str, auth_dir: &std::path::Path, modules: &str) -> Runni
 async fn replicas(bus: &Bus, name: &str) -> usize {
     let mut stream = bus.jetstream().get_stream(name).await.unwrap();
     stream.info().await.unwrap().config.num_replicas
-}
-
-/// A user and a product of `stock` units.
-async fn customer_and_product(
-    bus: &Bus,
-    stock: u32,
-) -> (contract::user::User, contract::product::Product) {
-    let user = bus
-        .request(&CreateUser {
-            name: Name::parse("Ada").unwrap(),
-        })
-        .await
-        .unwrap();
-    let product = bus
-        .request(&CreateProduct {
-            name: Name::parse("Widget").unwrap(),
-            stock: q(stock),
-        })
-        .await
-        .unwrap();
-    (user, product)
 }
 
 #[tokio::test]

@@ -4,13 +4,10 @@
 //!
 //! `pub(crate)`: the cluster tests run the same processes.
 
-use contract::product::CreateProduct;
-use contract::user::CreateUser;
-use contract::values::Name;
 use nix::sys::signal::Signal;
 
 use crate::binary::{start_until, Running};
-use crate::support::{bucket, orders, q, settle, Load};
+use crate::support::{bucket, customer_and_product, orders, settle, Load};
 
 /// `demo serve` of `modules` against `url`, each module as itself with
 /// its seed from `auth_dir`.
@@ -68,19 +65,7 @@ async fn modules_in_separate_processes_share_the_work_and_survive_a_kill() {
     let [first, second, doomed] = payments;
 
     let bus = broker.bus().clone();
-    let user = bus
-        .request(&CreateUser {
-            name: Name::parse("Ada").unwrap(),
-        })
-        .await
-        .unwrap();
-    let product = bus
-        .request(&CreateProduct {
-            name: Name::parse("Widget").unwrap(),
-            stock: q(10_000),
-        })
-        .await
-        .unwrap();
+    let (user, product) = customer_and_product(&bus, 10_000).await;
 
     // Keyed orders from 16 clients; one payment process dies half-way.
     let orders = orders(500);

@@ -342,3 +342,24 @@ pub fn orders(default: usize) -> usize {
         .and_then(|n| n.parse().ok())
         .unwrap_or(default)
 }
+
+/// A user and a product of `stock` units.
+pub async fn customer_and_product(
+    bus: &Bus,
+    stock: u32,
+) -> (contract::user::User, contract::product::Product) {
+    let user = bus
+        .request(&contract::user::CreateUser {
+            name: contract::values::Name::parse("Ada").unwrap(),
+        })
+        .await
+        .unwrap();
+    let product = bus
+        .request(&contract::product::CreateProduct {
+            name: contract::values::Name::parse("Widget").unwrap(),
+            stock: q(stock),
+        })
+        .await
+        .unwrap();
+    (user, product)
+}
