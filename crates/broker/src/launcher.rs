@@ -95,6 +95,15 @@ pub struct BrokerConfig {
     pub cluster: Option<ClusterMembership>,
     /// Who may connect and what each may do; `None`: anyone, anything.
     pub authorization: Option<crate::auth::Authorization>,
+    /// Serve clients over TLS with this certificate and key (PEM files).
+    pub tls: Option<ServerTls>,
+}
+
+/// The server's TLS certificate and private key, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 /// How one node joins a cluster: its names, its route port, its peers.
@@ -123,6 +132,7 @@ impl Default for BrokerConfig {
             jetstream: true,
             cluster: None,
             authorization: None,
+            tls: None,
         }
     }
 }
@@ -412,10 +422,12 @@ impl NatsServer {
                 });
             }
             if let Some(ports) = read_ports_file(self._ports_dir.path()) {
+                // `nats://` or, with TLS, `tls://`: the address is the same.
                 let addr = ports
                     .nats
                     .first()
-                    .map_or("", |url| url.trim_start_matches("nats://"));
+                    .and_then(|url| url.split("://").last())
+                    .unwrap_or("");
                 if tokio::net::TcpStream::connect(addr).await.is_ok() {
                     return Ok(ports);
                 }
@@ -541,6 +553,13 @@ fn config_text(config: &BrokerConfig, store_dir: &Path) -> String {
     }
     if let Some(authorization) = &config.authorization {
         text += &authorization.config_text();
+    }
+    if let Some(tls) = &config.tls {
+        text += &format!(
+            "tls {{\n  cert_file: {}\n  key_file: {}\n}}\n",
+            quoted(&tls.cert_file.to_string_lossy()),
+            quoted(&tls.key_file.to_string_lossy())
+        );
     }
     if let Some(cluster) = &config.cluster {
         let routes: Vec<String> = cluster.routes.iter().map(|r| quoted(r)).collect();

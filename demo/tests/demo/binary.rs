@@ -1,7 +1,7 @@
 //! The `demo` binary, run as a user runs it: exit status, the log lines,
 //! graceful shutdown on signals, clear errors, and no broker left behind.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -482,4 +482,71 @@ async fn auth_config_prints_a_user_per_identity_and_keeps_the_seeds() {
     )
     .await;
     assert_eq!(first, second);
+}
+
+/// A CA, and a server certificate for 127.0.0.1 signed by it, as PEM
+/// files in `dir`: (ca, server cert, server key).
+fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &ca, &ca_key)
+        .unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server-key.pem"),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, server.pem()).unwrap();
+    std::fs::write(&paths.2, server_key.serialize_pem()).unwrap();
+    paths
+}
+
+#[tokio::test]
+async fn a_tls_server_is_used_with_its_ca_and_refused_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert_file, key_file) = certificates(dir.path());
+    let identities =
+        demo::auth::Identities::load_or_generate(Some(&dir.path().join("auth"))).unwrap();
+    let server = NatsServer::start_with(broker::BrokerConfig {
+        authorization: Some(identities.authorization()),
+        tls: Some(broker::ServerTls {
+            cert_file,
+            key_file,
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let auth_dir = dir.path().join("auth");
+    let auth_dir = auth_dir.to_str().unwrap();
+    let ca = ca.to_str().unwrap();
+    let url = server.url();
+    let base = [
+        "--nats-url",
+        url,
+        "--auth-dir",
+        auth_dir,
+        "--payment-delay",
+        "0",
+    ];
+
+    let with_ca: Vec<&str> = base.iter().copied().chain(["--tls-ca", ca]).collect();
+    let (status, output) = finish(demo(&with_ca).spawn().unwrap()).await;
+    assert!(status.success(), "{status}\n{output}");
+    for step in STEPS {
+        assert!(output.contains(step), "missing {step:?}:\n{output}");
+    }
+
+    // Not trusting its certificate, the demo does not talk to it.
+    let (status, output) = finish(demo(&base).spawn().unwrap()).await;
+    assert!(!status.success(), "{output}");
+    assert!(output.contains("error: "), "{output}");
+    server.stop().await.unwrap();
 }
