@@ -550,3 +550,102 @@ async fn a_tls_server_is_used_with_its_ca_and_refused_without() {
     assert!(output.contains("error: "), "{output}");
     server.stop().await.unwrap();
 }
+
+/// The peak resident memory of process `pid` so far (`VmHWM`), in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status");
+    kib / 1024.0
+}
+
+/// The bound README states for `demo serve` flooded with 1 MB requests.
+const BIG_REQUESTS_RSS_BOUND_MIB: f64 = 512.0;
+
+#[tokio::test]
+async fn a_flood_of_1_mb_requests_is_refused_and_memory_stays_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const REQUESTS: usize = 1000;
+    const WAVE: usize = 100;
+    let running = start_until(&["serve", "--payment-delay", "0"], "serving on").await;
+    let line = |prefix: &str| {
+        running
+            .seen
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap()
+            .to_owned()
+    };
+    let url = line("serving on ");
+    let seed = std::fs::read_to_string(line("client seed: ")).unwrap();
+
+    // A raw client (no library buffering for it): 1,000 valid-looking
+    // 1,000,000-byte `user.create` requests, in waves of 100 pipelined
+    // ones, each wave's replies read before the next. Whatever the demo
+    // kept of a request would add up to a gigabyte; a wave in flight is
+    // 100 MB.
+    let address = url.trim_start_matches("nats://");
+    let (read, mut write) = tokio::net::TcpStream::connect(address)
+        .await
+        .unwrap()
+        .into_split();
+    let mut read = BufReader::new(read);
+    let mut info = String::new();
+    read.read_line(&mut info).await.unwrap();
+    let connect = testkit::raw_connect(&info, seed.trim());
+    write.write_all(connect.as_bytes()).await.unwrap();
+    write
+        .write_all(b"SUB _INBOX_client.big.> 1\r\n")
+        .await
+        .unwrap();
+    // A valid user (unknown fields are ignored), padded to 1,000,000 bytes.
+    let pad = "x".repeat(1_000_000 - r#"{"name":"Ada","pad":""}"#.len());
+    let payload = format!(r#"{{"name":"Ada","pad":"{pad}"}}"#);
+
+    // Every one is answered, `413` (refused before it is decoded).
+    let (mut answered, mut too_large) = (0, 0);
+    let mut body = Vec::new();
+    for wave in 0..REQUESTS / WAVE {
+        for i in wave * WAVE..(wave + 1) * WAVE {
+            let head = format!(
+                "PUB user.create _INBOX_client.big.{i} {}\r\n",
+                payload.len()
+            );
+            write.write_all(head.as_bytes()).await.unwrap();
+            write.write_all(payload.as_bytes()).await.unwrap();
+            write.write_all(b"\r\n").await.unwrap();
+        }
+        while answered < (wave + 1) * WAVE {
+            let mut line = String::new();
+            tokio::time::timeout(WAIT, read.read_line(&mut line))
+                .await
+                .expect("every request is answered")
+                .unwrap();
+            if line.starts_with("HMSG ") || line.starts_with("MSG ") {
+                let len: usize = line.split_whitespace().last().unwrap().parse().unwrap();
+                body.resize(len + 2, 0);
+                read.read_exact(&mut body).await.unwrap();
+                if String::from_utf8_lossy(&body).contains("413") {
+                    too_large += 1;
+                }
+                answered += 1;
+            } else if line.starts_with("PING") {
+                write.write_all(b"PONG\r\n").await.unwrap();
+            }
+        }
+    }
+    assert_eq!(too_large, REQUESTS);
+    let peak = peak_rss_mib(running.pid);
+    println!("1 MB flood: {REQUESTS} answered 413, demo peak RSS {peak:.1} MiB");
+    assert!(
+        peak < BIG_REQUESTS_RSS_BOUND_MIB,
+        "peak RSS {peak:.1} MiB for {REQUESTS} MB sent"
+    );
+
+    running.signal(Signal::SIGTERM);
+    let (status, output) = running.finish().await;
+    assert!(status.success(), "{output}");
+}
