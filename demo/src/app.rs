@@ -133,35 +133,47 @@ impl App {
         options: ModuleOptions,
     ) -> anyhow::Result<App> {
         let (server, connection, url) = connect(broker, &access, tls).await?;
-        let mut running = Vec::new();
-        for name in modules.names() {
-            let credentials = access.credentials(name, tls);
-            let module_connection = Connection::connect_as(&url, name, &credentials)
-                .await
-                .with_context(|| format!("connecting the {name} module"))?;
-            let one = Modules(vec![name]);
-            let handles =
-                register_some(module_connection.client(), &one, payment.clone(), options).await;
-            match handles {
-                Ok(mut handles) => running.push((module_connection, handles.remove(0))),
-                Err(err) => {
-                    // Stop what did start, then say why.
-                    for (connection, module) in running {
-                        module.shutdown().await;
-                        let _ = connection.drain(DRAIN_TIMEOUT).await;
-                    }
-                    let _ = connection.drain(DRAIN_TIMEOUT).await;
-                    return Err(err.into());
-                }
-            }
-        }
-        Ok(App {
+        let mut app = App {
             server,
             url,
             connection,
-            modules: running,
+            modules: Vec::new(),
             access,
-        })
+        };
+        for name in modules.names() {
+            if let Err(err) = app.add_module(name, tls, &payment, options).await {
+                // Stop what did start (the broker too, if ours), then say why.
+                if let Err(stopping) = app.shutdown().await {
+                    tracing::warn!(err = %stopping, "stopping after a failed start");
+                }
+                return Err(err);
+            }
+        }
+        Ok(app)
+    }
+
+    /// Connects module `name` as itself and registers it.
+    async fn add_module(
+        &mut self,
+        name: &str,
+        tls: &Credentials,
+        payment: &PaymentConfig,
+        options: ModuleOptions,
+    ) -> anyhow::Result<()> {
+        let credentials = self.access.credentials(name, tls);
+        let connection = Connection::connect_as(&self.url, name, &credentials)
+            .await
+            .with_context(|| format!("connecting the {name} module"))?;
+        match register_one(connection.client(), name, payment, options).await {
+            Ok(module) => {
+                self.modules.push((connection, module));
+                Ok(())
+            }
+            Err(err) => {
+                let _ = connection.drain(DRAIN_TIMEOUT).await;
+                Err(err.into())
+            }
+        }
     }
 
     /// The bus the scenario (or anyone in-process) talks on.
@@ -225,8 +237,7 @@ pub async fn register_modules(
     register_some(client, &Modules::all(), payment, options).await
 }
 
-/// Registers the `modules` asked for on `client`, each with `options`: the
-/// one place a new module is added.
+/// Registers the `modules` asked for on `client`, each with `options`.
 pub async fn register_some(
     client: &async_nats::Client,
     modules: &Modules,
@@ -235,21 +246,30 @@ pub async fn register_some(
 ) -> Result<Vec<ModuleHandle>, RegisterError> {
     let mut handles = Vec::new();
     for name in &modules.0 {
-        let client = client.clone();
-        handles.push(match *name {
-            "user" => user::register_with(client, options).await?,
-            "product" => product::register_with(client, options).await?,
-            "order" => order::register_with(client, options).await?,
-            "payment" => payment::register_with(client, payment.clone(), options).await?,
-            "shipping" => shipping::register_with(client, options).await?,
-            other => {
-                return Err(RegisterError::Config(format!(
-                    "module {other} is declared in the contract but this demo cannot run it"
-                )))
-            }
-        });
+        handles.push(register_one(client, name, &payment, options).await?);
     }
     Ok(handles)
+}
+
+/// Registers the module `name` on `client`: the one place a new module is
+/// added.
+async fn register_one(
+    client: &async_nats::Client,
+    name: &str,
+    payment: &PaymentConfig,
+    options: ModuleOptions,
+) -> Result<ModuleHandle, RegisterError> {
+    let client = client.clone();
+    match name {
+        "user" => user::register_with(client, options).await,
+        "product" => product::register_with(client, options).await,
+        "order" => order::register_with(client, options).await,
+        "payment" => payment::register_with(client, payment.clone(), options).await,
+        "shipping" => shipping::register_with(client, options).await,
+        other => Err(RegisterError::Config(format!(
+            "module {other} is declared in the contract but this demo cannot run it"
+        ))),
+    }
 }
 
 /// A set of modules to run, by name, in the contract's order.

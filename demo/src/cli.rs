@@ -63,12 +63,20 @@ pub struct Cli {
 
     /// With --nats-url: connect everything in this process with this nkey
     /// seed file.
-    #[arg(long, value_name = "FILE", global = true, conflicts_with_all = ["creds", "auth_dir"])]
+    // Only with --nats-url: a broker the demo launches knows the generated
+    // identities only, and would otherwise be started without them (open).
+    #[arg(long, value_name = "FILE", global = true, requires = "nats_url", conflicts_with_all = ["creds", "auth_dir"])]
     pub nkey: Option<PathBuf>,
 
     /// With --nats-url: connect everything in this process with this
     /// credentials file (JWT and seed).
-    #[arg(long, value_name = "FILE", global = true, conflicts_with = "auth_dir")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        global = true,
+        requires = "nats_url",
+        conflicts_with = "auth_dir"
+    )]
     pub creds: Option<PathBuf>,
 
     /// TLS: the CA certificate that signed the server's (TLS is required).

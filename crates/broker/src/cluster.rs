@@ -72,7 +72,7 @@ impl NatsCluster {
     /// Starts `config.nodes` nodes and waits until the cluster is healthy.
     pub async fn start_with(config: ClusterConfig) -> Result<Self, BrokerError> {
         if config.nodes == 0 {
-            return Err(BrokerError::NotFound(
+            return Err(BrokerError::Config(
                 "a cluster needs at least one node".into(),
             ));
         }

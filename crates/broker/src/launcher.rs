@@ -58,6 +58,8 @@ pub enum BrokerError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     NotFound(String),
+    #[error("invalid broker configuration: {0}")]
+    Config(String),
 }
 
 /// When JetStream writes reach the disk.

@@ -64,8 +64,9 @@ pub(crate) async fn existing_replicas(
     name: &str,
     limits: &Limits,
 ) -> Option<usize> {
-    let mut stream = jetstream.get_stream(name).await.ok()?;
-    let existing = stream.info().await.ok()?.config.num_replicas;
+    // Getting the stream reads its info once; no second request.
+    let stream = jetstream.get_stream(name).await.ok()?;
+    let existing = stream.cached_info().config.num_replicas;
     let wanted = limits.replicas_for(Some(existing));
     if wanted != existing {
         tracing::info!(

@@ -176,9 +176,16 @@ async fn every_identity_does_what_the_contract_says_and_nothing_else() {
     let after = bus.request(&GetProduct { id: product.id }).await.unwrap();
     assert_eq!((after.stock, after.available), (98, 98));
 
-    // An order the forgeries try to pay, fail or re-create.
+    // An order the forgeries try to pay, fail or re-create; the operator
+    // (admin) checks what was stored.
     let target = bus.request(&place(1)).await.unwrap();
-    let (admin, _) = system.connect("admin").await;
+    let operator = Connection::connect_as(
+        system.server.url(),
+        "operator",
+        &system.identities.credentials("admin"),
+    )
+    .await
+    .unwrap();
 
     // The client identity: no event, no internal request, no JetStream.
     let (forger, mut violations) = system.connect("client").await;
@@ -254,7 +261,7 @@ async fn every_identity_does_what_the_contract_says_and_nothing_else() {
     refused(&mut violations, &key).await;
 
     // No forgery was stored; the target ends by its real payment only.
-    let stored = stored_payloads(&admin).await;
+    let stored = stored_payloads(operator.client()).await;
     assert!(!stored.is_empty());
     assert!(
         !stored.iter().any(|p| p.contains(&forged_id.to_string())),
@@ -262,20 +269,16 @@ async fn every_identity_does_what_the_contract_says_and_nothing_else() {
     );
     let statuses = terminal_statuses(bus, &[target.id], Duration::from_secs(30)).await;
     assert_eq!(statuses[&target.id], OrderStatus::Fulfilled);
-    let operator = Connection::connect_as(
-        system.server.url(),
-        "operator",
-        &system.identities.credentials("admin"),
-    )
-    .await
-    .unwrap();
     let paid = crate::support::payments_per_order(operator.bus()).await;
-    operator.drain(Duration::from_secs(5)).await.unwrap();
     assert_eq!(
         paid.get(&target.id),
         Some(&1),
         "paid once, by the payment module"
     );
+    // The refused reservation of 90 holds nothing: 100 - 2 - 1 sold.
+    let after = bus.request(&GetProduct { id: product.id }).await.unwrap();
+    assert_eq!((after.stock, after.available), (97, 97), "no forged hold");
+    operator.drain(Duration::from_secs(5)).await.unwrap();
     client.drain(Duration::from_secs(5)).await.unwrap();
     system.shutdown().await;
 }

@@ -277,7 +277,10 @@ async fn an_existing_server_can_be_used_with_nats_url() {
 
 #[tokio::test]
 async fn bad_flags_and_unreachable_servers_are_one_clear_error() {
-    let cases: [(&[&str], &str); 3] = [
+    let cases: [(&[&str], &str); 4] = [
+        // An identity for somebody else's broker, never for our own (which
+        // would then be launched without the generated users: open).
+        (&["--nkey", "seed.nk"], "--nats-url"),
         (&["--payment-delay", "soon"], "invalid value 'soon'"),
         (&["--payment-failure-rate", "2"], "not between 0 and 1"),
         (

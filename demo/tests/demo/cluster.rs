@@ -8,31 +8,12 @@ use contract::order::{GetOrder, OrderStatus, PlaceOrder};
 use messaging_core::{Bus, EVENTS_STREAM};
 use nix::sys::signal::Signal;
 
-use crate::binary::{start_until, Running};
-use crate::split::handled;
+use crate::binary::start_until;
+use crate::split::{handled, serve};
 use crate::support::{bucket, customer_and_product, orders, place_until_answered, q, settle, Load};
 
-/// `demo serve` of `modules` on the cluster at `url`, R3.
-async fn serve_r3(url: &str, auth_dir: &std::path::Path, modules: &str) -> Running {
-    let args = [
-        "serve",
-        "--nats-url",
-        url,
-        "--auth-dir",
-        auth_dir.to_str().unwrap(),
-        "--replicas",
-        "3",
-        "--modules",
-        modules,
-        "--payment-delay",
-        "5ms",
-        "--payment-failure-rate",
-        "0.2",
-        "--seed",
-        "5",
-    ];
-    start_until(&args, "serving on").await
-}
+/// Every stream and bucket on all three nodes.
+const R3: &[&str] = &["--replicas", "3"];
 
 /// The replica count of the stream `name`.
 async fn replicas(bus: &Bus, name: &str) -> usize {
@@ -51,8 +32,8 @@ async fn losing_the_event_streams_leader_mid_load_loses_nothing_and_doubles_noth
     )
     .await;
     let url = app.url();
-    let front = serve_r3(&url, identities.dir(), "user,product,order").await;
-    let back = serve_r3(&url, identities.dir(), "payment,shipping").await;
+    let front = serve(&url, identities.dir(), "user,product,order", R3).await;
+    let back = serve(&url, identities.dir(), "payment,shipping", R3).await;
     let bus = app.bus().clone();
     for stream in [
         EVENTS_STREAM,

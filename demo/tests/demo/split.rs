@@ -10,9 +10,15 @@ use crate::binary::{start_until, Running};
 use crate::support::{bucket, customer_and_product, orders, settle, Load};
 
 /// `demo serve` of `modules` against `url`, each module as itself with
-/// its seed from `auth_dir`.
-pub(crate) async fn serve(url: &str, auth_dir: &std::path::Path, modules: &str) -> Running {
-    let args = [
+/// its seed from `auth_dir`, then `extra` flags; payments take 5 ms and a
+/// fifth are declined (seeded).
+pub(crate) async fn serve(
+    url: &str,
+    auth_dir: &std::path::Path,
+    modules: &str,
+    extra: &[&str],
+) -> Running {
+    let mut args = vec![
         "serve",
         "--nats-url",
         url,
@@ -27,6 +33,7 @@ pub(crate) async fn serve(url: &str, auth_dir: &std::path::Path, modules: &str) 
         "--seed",
         "11",
     ];
+    args.extend_from_slice(extra);
     start_until(&args, "serving on").await
 }
 
@@ -55,12 +62,12 @@ async fn modules_in_separate_processes_share_the_work_and_survive_a_kill() {
     let url = broker.url().to_owned();
     let mut processes = Vec::new();
     for modules in ["user", "product", "order", "shipping"] {
-        processes.push(serve(&url, auth, modules).await);
+        processes.push(serve(&url, auth, modules, &[]).await);
     }
     let payments = [
-        serve(&url, auth, "payment").await,
-        serve(&url, auth, "payment").await,
-        serve(&url, auth, "payment").await,
+        serve(&url, auth, "payment", &[]).await,
+        serve(&url, auth, "payment", &[]).await,
+        serve(&url, auth, "payment", &[]).await,
     ];
     let [first, second, doomed] = payments;
 
