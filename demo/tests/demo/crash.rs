@@ -12,9 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use contract::order::{OrderId, OrderStatus, PlaceOrder};
-use contract::product::{CreateProduct, GetProduct, Product};
-use contract::user::CreateUser;
-use contract::values::Name;
+use contract::product::{GetProduct, Product};
 use futures::StreamExt;
 use nix::sys::signal::Signal;
 use rand::{Rng, SeedableRng};
@@ -81,20 +79,8 @@ async fn killing_the_system_at_random_moments_loses_no_order_and_doubles_no_effe
         .bus()
         .clone()
         .with_request_timeout(Duration::from_secs(2));
-    let user = bus
-        .request(&CreateUser {
-            name: Name::parse("Crash").unwrap(),
-        })
-        .await
-        .unwrap();
     let initial = (orders * 2) as u32;
-    let product: Product = bus
-        .request(&CreateProduct {
-            name: Name::parse("Widget").unwrap(),
-            stock: q(initial),
-        })
-        .await
-        .unwrap();
+    let (user, product) = crate::support::customer_and_product(&bus, initial).await;
 
     // Every accepted order, by key; the killer waits on it for progress.
     let (accepted, mut progress) = watch::channel(HashMap::<String, OrderId>::new());

@@ -205,19 +205,7 @@ async fn the_broker_restarting_mid_load_loses_nothing() {
         .unwrap();
     let modules = register_all(modules_conn.bus(), Storage::Durable).await;
     let bus = client_conn.bus().clone();
-    let user = bus
-        .request(&contract::user::CreateUser {
-            name: contract::values::Name::parse("Ada").unwrap(),
-        })
-        .await
-        .unwrap();
-    let product: Product = bus
-        .request(&contract::product::CreateProduct {
-            name: contract::values::Name::parse("Widget").unwrap(),
-            stock: q(1000),
-        })
-        .await
-        .unwrap();
+    let (user, product) = crate::support::customer_and_product(&bus, 1000).await;
 
     // Orders keep coming while the broker goes away and comes back.
     let placing = {

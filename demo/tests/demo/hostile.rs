@@ -380,19 +380,7 @@ async fn an_order_whose_event_cannot_be_stored_yet_is_placed_not_refused() {
             .unwrap(),
     ];
     let bus = broker.bus();
-    let user = bus
-        .request(&contract::user::CreateUser {
-            name: contract::values::Name::parse("Ada").unwrap(),
-        })
-        .await
-        .unwrap();
-    let product = bus
-        .request(&contract::product::CreateProduct {
-            name: contract::values::Name::parse("Widget").unwrap(),
-            stock: q(10),
-        })
-        .await
-        .unwrap();
+    let (user, product) = crate::support::customer_and_product(bus, 10).await;
 
     // Fill the stream to its very limit with events nobody listens to.
     for size in [4096, 256, 16, 1] {
