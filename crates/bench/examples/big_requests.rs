@@ -14,15 +14,11 @@ use messaging_core::{ModuleOptions, Storage};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-/// Resident memory of this process, in MiB.
-fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
-}
+// The bench's own measures, shared rather than copied.
+#[allow(dead_code)]
+#[path = "../src/process.rs"]
+mod process;
+use process::rss_mib;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
