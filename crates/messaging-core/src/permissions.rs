@@ -61,10 +61,8 @@ pub fn module(module: &Declaration) -> Permissions {
     publish.push(format!("$JS.API.STREAM.MSG.GET.{EVENTS_STREAM}"));
     publish.push(format!("$JS.API.DIRECT.GET.{EVENTS_STREAM}"));
 
-    if !module.serves.is_empty() {
-        for endpoint in module.serves {
-            subscribe.push(format!("{} {QUEUE_GROUP}", endpoint.subject));
-        }
+    for endpoint in module.serves {
+        subscribe.push(format!("{} {QUEUE_GROUP}", endpoint.subject));
     }
     // Service discovery, which every module answers.
     for verb in ["PING", "INFO", "STATS"] {

@@ -21,7 +21,7 @@ use super::yaml::{reference, Map};
 
 /// The queue group of every service endpoint (the async-nats service
 /// default): instances of one module share the requests.
-pub const QUEUE_GROUP: &str = "q";
+pub use messaging_core::permissions::QUEUE_GROUP;
 
 /// The JetStream stream every event is stored in.
 pub const STREAM: &str = messaging_core::EVENTS_STREAM;
