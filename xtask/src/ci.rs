@@ -58,6 +58,12 @@ pub fn run() -> Result<()> {
     // Every cargo command below gets NATS_SERVER_BIN, so the tests use the
     // server just checked rather than searching again on their own.
     let cargo = cargo::Cargo::with_nats(&server.path);
+    // CI builds from scratch once: incremental caches would only double the
+    // disk a full test build takes (CI machines can be short of it). An
+    // explicit CARGO_INCREMENTAL from the caller is respected.
+    if std::env::var_os("CARGO_INCREMENTAL").is_none() {
+        std::env::set_var("CARGO_INCREMENTAL", "0");
+    }
 
     announce("architecture check");
     arch::run(&cargo).context("xtask ci: step `architecture check` failed")?;
