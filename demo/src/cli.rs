@@ -32,6 +32,12 @@ pub struct Cli {
     #[arg(long, default_value = "1s", value_parser = parse_duration, global = true)]
     pub payment_delay: Duration,
 
+    /// How long an order waits for its payment: one still pending then
+    /// fails (`payment_timeout`) and its stock goes back; a hold whose order
+    /// never came is released after as long. Kept by the broker.
+    #[arg(long, default_value = "30s", value_parser = parse_timeout, global = true)]
+    pub payment_timeout: Duration,
+
     /// Chance that a payment is declined, from 0 to 1.
     #[arg(long, default_value_t = 0.0, value_parser = parse_rate, global = true)]
     pub payment_failure_rate: f64,
@@ -158,6 +164,16 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         return Ok(Duration::ZERO);
     }
     humantime::parse_duration(text).map_err(|err| format!("{err} (examples: 0, 200ms, 1s)"))
+}
+
+/// A deadline: a human duration of at least 100 ms (a shorter one would
+/// fail orders before any payment could come).
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = parse_duration(text)?;
+    if timeout < Duration::from_millis(100) {
+        return Err("must be at least 100ms (examples: 500ms, 30s, 2m)".to_owned());
+    }
+    Ok(timeout)
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {

@@ -97,6 +97,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let options = ModuleOptions {
         limits: Limits::replicated(replicas.into()),
+        deadline: cli.payment_timeout,
         ..ModuleOptions::with_storage(storage)
     };
     let tls = Credentials {

@@ -51,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
         serves: &[],
         requests: &[],
         publishes: &[],
+        schedules: &[],
         buckets: &[],
         listens: &[Listener::new("count", Tick::SUBJECT)],
     };

@@ -42,6 +42,7 @@ async fn main() -> anyhow::Result<()> {
         serves: &[],
         requests: &[],
         publishes: &[Pong::SUBJECT],
+        schedules: &[],
         buckets: &[],
         listens: &[Listener::new("pong", Ping::SUBJECT)],
     };

@@ -120,6 +120,7 @@ async fn consume(bus: &Bus, ours: bool, round: usize, total: usize) -> anyhow::R
             serves: &[],
             requests: &[],
             publishes: &[],
+            schedules: &[],
             buckets: &[],
             listens: &[COUNT],
         }));

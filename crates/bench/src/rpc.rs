@@ -69,6 +69,7 @@ pub async fn start_servers(
         serves: &[Endpoint::public(Echo::SUBJECT)],
         requests: &[],
         publishes: &[],
+        schedules: &[],
         buckets: &[],
         listens: &[],
     };

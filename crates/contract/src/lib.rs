@@ -111,6 +111,7 @@ pub fn messages() -> Vec<Message> {
         request::<product::ReserveStock>(),
         event::<product::ProductCreated>(),
         event::<product::StockUpdated>(),
+        event::<product::HoldDue>(),
         request::<order::PlaceOrder>(),
         request::<order::GetOrder>(),
         request::<order::CancelOrder>(),
@@ -119,6 +120,7 @@ pub fn messages() -> Vec<Message> {
         event::<order::OrderFulfilled>(),
         event::<order::OrderFailed>(),
         event::<order::OrderCancelled>(),
+        event::<order::PaymentDue>(),
         event::<payment::PaymentSucceeded>(),
         event::<payment::PaymentFailed>(),
         event::<payment::PaymentRefunded>(),
@@ -146,6 +148,7 @@ mod tests {
             declared.extend(module.serves.iter().map(|e| e.subject));
             declared.extend(module.requests.iter().copied());
             declared.extend(module.publishes.iter().copied());
+            declared.extend(module.schedules.iter().copied());
             declared.extend(module.listens.iter().map(|l| l.subject));
         }
         assert_eq!(messages, declared);
@@ -156,7 +159,11 @@ mod tests {
         for message in messages() {
             let owners: Vec<_> = MODULES
                 .iter()
-                .filter(|m| m.serves(message.subject) || m.publishes(message.subject))
+                .filter(|m| {
+                    m.serves(message.subject)
+                        || m.publishes(message.subject)
+                        || m.schedules(message.subject)
+                })
                 .map(|m| m.name)
                 .collect();
             assert_eq!(owners.len(), 1, "{}: {owners:?}", message.subject);
@@ -167,7 +174,9 @@ mod tests {
             }
             for listener in module.listens {
                 assert!(
-                    MODULES.iter().any(|m| m.publishes(listener.subject)),
+                    MODULES
+                        .iter()
+                        .any(|m| m.publishes(listener.subject) || m.schedules(listener.subject)),
                     "{}",
                     listener.subject
                 );

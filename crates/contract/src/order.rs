@@ -21,6 +21,12 @@ pub const PAID: &str = "events.order.paid";
 pub const FULFILLED: &str = "events.order.fulfilled";
 pub const FAILED: &str = "events.order.failed";
 pub const CANCELLED: &str = "events.order.cancelled";
+/// The order's payment deadline: scheduled when the order is placed,
+/// published by the broker when due (never by a module).
+pub const PAYMENT_DUE: &str = "deadlines.order.payment_due";
+
+/// How the reason of an order failed for want of payment starts.
+pub const PAYMENT_TIMEOUT: &str = "payment_timeout";
 
 /// `404`: the order's user does not exist.
 pub const USER_NOT_FOUND: ErrorCode = ErrorCode::new(404, "user_not_found");
@@ -40,11 +46,13 @@ pub const MODULE: Declaration = Declaration {
     ],
     requests: &[user::GET, product::RESERVE],
     publishes: &[CREATED, PAID, FULFILLED, FAILED, CANCELLED],
+    schedules: &[PAYMENT_DUE],
     buckets: &["orders", "orders_open"],
     listens: &[
         Listener::new("mark_paid", payment::SUCCEEDED),
         Listener::new("mark_failed", payment::FAILED),
         Listener::new("mark_fulfilled", product::STOCK_UPDATED),
+        Listener::new("expire_unpaid_order", PAYMENT_DUE),
     ],
 };
 
@@ -159,7 +167,9 @@ impl Event for OrderFulfilled {
     const SUBJECT: &'static str = FULFILLED;
 }
 
-/// `events.order.failed`: an order moved `pending -> failed` (payment declined).
+/// `events.order.failed`: an order moved `pending -> failed`: its payment
+/// was declined, or did not come in time (a `reason` starting with
+/// [`PAYMENT_TIMEOUT`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderFailed {
     pub order: Order,
@@ -176,4 +186,14 @@ pub struct OrderCancelled {
 }
 impl Event for OrderCancelled {
     const SUBJECT: &'static str = CANCELLED;
+}
+
+/// `deadlines.order.payment_due`: the payment deadline of an order came. A
+/// pending order then fails (`payment_timeout`); any other is left as is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PaymentDue {
+    pub order_id: OrderId,
+}
+impl Event for PaymentDue {
+    const SUBJECT: &'static str = PAYMENT_DUE;
 }

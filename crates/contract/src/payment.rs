@@ -1,5 +1,5 @@
 //! The payment module's contract: simulated card payments for new orders,
-//! refunded or voided when their order is cancelled.
+//! refunded or voided when their order is cancelled or fails first.
 
 use messaging_core::{Declaration, Event, Listener};
 use schemars::JsonSchema;
@@ -19,10 +19,14 @@ pub const MODULE: Declaration = Declaration {
     serves: &[],
     requests: &[],
     publishes: &[SUCCEEDED, FAILED, REFUNDED],
+    schedules: &[],
     buckets: &["payments"],
     listens: &[
         Listener::new("take_payment", order::CREATED),
         Listener::new("refund_cancelled_order", order::CANCELLED),
+        // An order that failed while its payment was on the way (its
+        // payment deadline passed): that payment is not kept either.
+        Listener::new("refund_failed_order", order::FAILED),
     ],
 };
 

@@ -14,6 +14,8 @@ pub const GET: &str = "product.get";
 pub const RESERVE: &str = "product.reserve";
 pub const CREATED: &str = "events.product.created";
 pub const STOCK_UPDATED: &str = "events.product.stock.updated";
+/// A hold's deadline: scheduled with the hold, published by the broker.
+pub const HOLD_DUE: &str = "deadlines.product.hold_due";
 
 /// `409`: not enough stock available for a reservation.
 pub const INSUFFICIENT_STOCK: ErrorCode = ErrorCode::new(409, "insufficient_stock");
@@ -31,13 +33,16 @@ pub const MODULE: Declaration = Declaration {
         // would bypass the order.
         Endpoint::internal(RESERVE),
     ],
-    requests: &[],
+    // Whether a hold whose deadline came belongs to a live order.
+    requests: &[order::GET],
     publishes: &[CREATED, STOCK_UPDATED],
+    schedules: &[HOLD_DUE],
     buckets: &["products"],
     listens: &[
         Listener::new("commit_paid_order", order::PAID),
         Listener::new("release_failed_order", order::FAILED),
         Listener::new("release_cancelled_order", order::CANCELLED),
+        Listener::new("expire_hold", HOLD_DUE),
     ],
 };
 
@@ -135,4 +140,16 @@ pub struct StockUpdated {
 }
 impl Event for StockUpdated {
     const SUBJECT: &'static str = STOCK_UPDATED;
+}
+
+/// `deadlines.product.hold_due`: the deadline of the hold of `order_id` on
+/// `product_id` came. A hold whose order does not exist, or has failed or
+/// been cancelled, is released; one whose order is still pending waits on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct HoldDue {
+    pub order_id: OrderId,
+    pub product_id: ProductId,
+}
+impl Event for HoldDue {
+    const SUBJECT: &'static str = HOLD_DUE;
 }

@@ -23,6 +23,7 @@ pub const MODULE: Declaration = Declaration {
     serves: &[Endpoint::public(GET)],
     requests: &[],
     publishes: &[DISPATCHED],
+    schedules: &[],
     buckets: &["shipments"],
     listens: &[Listener::new("dispatch_fulfilled_order", order::FULFILLED)],
 };

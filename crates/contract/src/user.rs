@@ -18,6 +18,7 @@ pub const MODULE: Declaration = Declaration {
     serves: &[Endpoint::public(CREATE), Endpoint::public(GET)],
     requests: &[],
     publishes: &[CREATED],
+    schedules: &[],
     buckets: &["users"],
     listens: &[],
 };

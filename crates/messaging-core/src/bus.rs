@@ -58,6 +58,9 @@ pub(crate) struct OutgoingEvent {
     pub subject: &'static str,
     pub headers: HeaderMap,
     pub payload: Bytes,
+    /// For a scheduled event, the subject it waits on until it is due
+    /// (`schedules.<subject>.<event id>`); `None` for an event stored now.
+    pub schedule: Option<String>,
 }
 
 /// What became of an event published with [`Bus::publish_eventually`].
@@ -267,6 +270,44 @@ impl Bus {
         self.send_event(&outgoing).await
     }
 
+    /// Schedules `event` to be published on its subject at `at`, by the
+    /// broker (a message schedule, ADR-51), and waits until the stream has
+    /// stored the schedule.
+    ///
+    /// From then on the deadline needs no process of ours: it is in the
+    /// stream (replicated like the events), fires once when due, and the
+    /// event it publishes waits for the module's durable consumer like any
+    /// other, so a module that was down when it fired handles it when it
+    /// comes back. A time in the past fires at once. Scheduling the same
+    /// event (same id) again, before it fired, replaces its schedule.
+    ///
+    /// The module must declare the subject in its `schedules`; it need not
+    /// (and should not) be allowed to publish it directly.
+    pub async fn schedule_as<E: Event>(
+        &self,
+        event: &E,
+        meta: EventMeta,
+        at: std::time::SystemTime,
+    ) -> Result<Published, PublishError> {
+        let subject = E::SUBJECT;
+        if let Some(module) = self.inner.declaration {
+            if !module.schedules(subject) {
+                let module = module.name;
+                return Err(PublishError::Undeclared { subject, module });
+            }
+        }
+        let mut outgoing = self.encode(event, meta)?;
+        let when = format!("@at {}", humantime::format_rfc3339_millis(at));
+        outgoing
+            .headers
+            .insert(async_nats::header::NATS_SCHEDULE, when.as_str());
+        outgoing
+            .headers
+            .insert(async_nats::header::NATS_SCHEDULE_TARGET, subject);
+        outgoing.schedule = Some(crate::events::schedule_subject(subject, meta.event_id));
+        self.send_event(&outgoing).await
+    }
+
     /// Publishes like [`Bus::publish_as`]; if the stream cannot take the
     /// event now (the broker slow or away, the stream full), hands it to
     /// the module's deferred publisher, which keeps trying in the background
@@ -310,6 +351,12 @@ impl Bus {
                 return Err(PublishError::Undeclared { subject, module });
             }
         }
+        self.encode(event, meta)
+    }
+
+    /// The event as it goes on the wire, whoever may send it.
+    fn encode<E: Event>(&self, event: &E, meta: EventMeta) -> Result<OutgoingEvent, PublishError> {
+        let subject = E::SUBJECT;
         let payload = serde_json::to_vec(&Outgoing { meta, event })
             .map_err(|source| PublishError::Encode { subject, source })?;
         let mut headers = HeaderMap::new();
@@ -322,6 +369,7 @@ impl Bus {
             subject,
             headers,
             payload: payload.into(),
+            schedule: None,
         })
     }
 
@@ -335,9 +383,10 @@ impl Bus {
         // An event the broker refuses is never acknowledged: fail when it
         // says so rather than at the ack timeout.
         let refusal = crate::refusals::watch();
+        let wire = event.schedule.as_deref().unwrap_or(subject);
         let stored = tokio::select! {
             stored = self.store(event) => stored,
-            () = refusal.refused(subject) => return Err(PublishError::Forbidden { subject }),
+            () = refusal.refused(wire) => return Err(PublishError::Forbidden { subject }),
         };
         let ack = match stored {
             // The stream was deleted (an operator, a lost store): a module
@@ -368,9 +417,13 @@ impl Bus {
         &self,
         event: &OutgoingEvent,
     ) -> Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
+        let subject = match &event.schedule {
+            Some(schedule) => schedule.clone(),
+            None => event.subject.to_owned(),
+        };
         self.inner
             .jetstream
-            .publish_with_headers(event.subject, event.headers.clone(), event.payload.clone())
+            .publish_with_headers(subject, event.headers.clone(), event.payload.clone())
             .await?
             .await
     }
@@ -390,7 +443,7 @@ impl Bus {
         };
         // Created with the default limits if nobody made it yet; never
         // updated from here, so a watcher cannot undo a module's limits.
-        let config = crate::events::stream_config(&crate::Limits::default());
+        let config = crate::events::config_of(E::SUBJECT, &crate::Limits::default());
         let stream = self
             .inner
             .jetstream

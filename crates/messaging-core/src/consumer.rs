@@ -28,7 +28,7 @@ use crate::dead_letter::{
     max_deliveries_subject, DeadLetter, DeadLetterKind, MaxDeliveriesAdvisory,
 };
 use crate::error::{EventError, RegisterError};
-use crate::events::{Delivered, EVENTS_STREAM};
+use crate::events::{stream_of, Delivered, SCHEDULES_PREFIX};
 use crate::message::Event;
 use crate::module::Shared;
 use crate::stats::{Ending, HandlerStats};
@@ -99,7 +99,7 @@ pub(crate) async fn open(
     let jetstream = crate::supervisor::setup_context(client);
     let create = || async {
         let stream = jetstream
-            .get_stream(EVENTS_STREAM)
+            .get_stream(stream_of(subject))
             .await
             .map_err(|e| failed(e.to_string()))?;
         let consumer: async_nats::jetstream::consumer::Consumer<pull::Config> = stream
@@ -151,7 +151,7 @@ pub(crate) async fn consume<E, S, F, Fut>(
                 // Missed heartbeats and the like while the broker is away
                 // recover by themselves; a consumer (or stream) that was
                 // deleted does not: end, and be set up again.
-                if consumer_is_gone(&shared.bus, &durable).await {
+                if consumer_is_gone(&shared.bus, &durable, subject).await {
                     tracing::warn!(subject, consumer = %durable, %err, "event consumer is gone; recreating it");
                     break;
                 }
@@ -210,6 +210,23 @@ where
         DeadLetter::new(kind, durable, subject, sequence, delivered, reason)
     };
 
+    // An event published by a message schedule names its schedule. The
+    // broker checks who may publish a *schedule*, not its target: a module
+    // allowed to schedule its own deadlines could aim one at another
+    // module's event. Only a schedule of this very subject may publish it.
+    if let Some(scheduler) = scheduled_by(&message) {
+        if !scheduler.starts_with(&format!("{SCHEDULES_PREFIX}.{subject}.")) {
+            let reason = format!("published by the schedule {scheduler}, not one of {subject}");
+            terminate(
+                &message,
+                shared,
+                stats,
+                letter(DeadLetterKind::Poisoned, reason),
+            )
+            .await;
+            return Ending::Failed;
+        }
+    }
     let delivered_event = match Delivered::<E>::decode(&message.payload) {
         Ok(event) => event,
         Err(err) => {
@@ -271,10 +288,10 @@ where
 /// Whether the durable consumer (or its stream) no longer exists: asked of
 /// the server, since from the message stream a deleted consumer and a broker
 /// that is away look alike.
-async fn consumer_is_gone(bus: &crate::Bus, durable: &str) -> bool {
+async fn consumer_is_gone(bus: &crate::Bus, durable: &str, subject: &str) -> bool {
     use async_nats::jetstream::context::{ConsumerInfoErrorKind, GetStreamErrorKind};
     use async_nats::jetstream::ErrorCode;
-    let stream = match bus.jetstream().get_stream(EVENTS_STREAM).await {
+    let stream = match bus.jetstream().get_stream(stream_of(subject)).await {
         Ok(stream) => stream,
         Err(err) => {
             return matches!(err.kind(), GetStreamErrorKind::JetStream(e)
@@ -345,7 +362,7 @@ pub(crate) async fn watch_max_deliveries(
     subject: &'static str,
 ) -> Result<async_nats::Subscriber, RegisterError> {
     client
-        .subscribe(max_deliveries_subject(durable))
+        .subscribe(max_deliveries_subject(durable, subject))
         .await
         .map_err(|err| RegisterError::Subscribe {
             subject,
@@ -407,10 +424,10 @@ async fn is_genuine(
     durable: &str,
     subject: &str,
 ) -> bool {
-    if advisory.consumer != durable || advisory.stream != EVENTS_STREAM {
+    if advisory.consumer != durable || advisory.stream != stream_of(subject) {
         return false;
     }
-    let Ok(stream) = bus.jetstream().get_stream(EVENTS_STREAM).await else {
+    let Ok(stream) = bus.jetstream().get_stream(stream_of(subject)).await else {
         return false;
     };
     match stream.get_raw_message(advisory.stream_seq).await {
@@ -437,4 +454,13 @@ mod tests {
         assert_eq!(ms(0), 100, "an unknown count is a first delivery");
         assert_eq!(ms(i64::MAX), 1_000);
     }
+}
+
+/// The schedule that published `message`, if a schedule did.
+fn scheduled_by(message: &Message) -> Option<&str> {
+    message
+        .headers
+        .as_ref()?
+        .get(async_nats::header::NATS_SCHEDULER)
+        .map(|value| value.as_str())
 }

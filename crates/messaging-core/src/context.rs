@@ -118,4 +118,18 @@ impl Context {
     ) -> Result<Published, PublishError> {
         self.bus.publish_as(event, self.fact_meta(fact)).await
     }
+
+    /// Schedules the event of a fact for `after` from now (see
+    /// [`Bus::schedule_as`]): a deadline kept by the broker. The event id is
+    /// derived from `fact`, so scheduling the same fact again (a retry, a
+    /// redelivery) is the same schedule, not a second deadline.
+    pub async fn schedule_fact<E: Event>(
+        &self,
+        event: &E,
+        fact: &str,
+        after: std::time::Duration,
+    ) -> Result<Published, PublishError> {
+        let at = std::time::SystemTime::now() + after;
+        self.bus.schedule_as(event, self.fact_meta(fact), at).await
+    }
 }

@@ -19,7 +19,7 @@
 use async_nats::jetstream;
 use serde::{Deserialize, Serialize};
 
-use crate::events::EVENTS_STREAM;
+use crate::events::stream_of;
 use crate::store::{Storage, StoreError, Table};
 
 /// The bucket dead letters are kept in.
@@ -212,7 +212,7 @@ impl DeadLetters {
         };
         let stream = self
             .jetstream
-            .get_stream(EVENTS_STREAM)
+            .get_stream(stream_of(&letter.subject))
             .await
             .map_err(|e| gone(e.to_string()))?;
         let original = stream
@@ -270,9 +270,10 @@ pub(crate) struct MaxDeliveriesAdvisory {
     pub deliveries: i64,
 }
 
-/// The advisory subject for one consumer of the event stream.
-pub(crate) fn max_deliveries_subject(consumer: &str) -> String {
-    format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{EVENTS_STREAM}.{consumer}")
+/// The advisory subject for one consumer, of the events of `subject`.
+pub(crate) fn max_deliveries_subject(consumer: &str, subject: &str) -> String {
+    let stream = stream_of(subject);
+    format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{consumer}")
 }
 
 #[cfg(test)]

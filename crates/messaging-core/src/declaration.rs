@@ -22,6 +22,10 @@ pub struct Declaration {
     pub requests: &'static [&'static str],
     /// The event subjects it publishes.
     pub publishes: &'static [&'static str],
+    /// The events it schedules for later (its deadlines): stored now, and
+    /// published on their subject by the broker when due, never by the
+    /// module itself. Usually the module also listens to them.
+    pub schedules: &'static [&'static str],
     /// The key-value buckets it keeps its state in (its own: no other
     /// module may touch them). The framework's shared buckets (idempotency
     /// keys, dead letters) are not listed: each module reaches only its
@@ -92,6 +96,10 @@ impl Declaration {
         self.publishes.contains(&subject)
     }
 
+    pub fn schedules(&self, subject: &str) -> bool {
+        self.schedules.contains(&subject)
+    }
+
     pub fn owns_bucket(&self, bucket: &str) -> bool {
         self.buckets.contains(&bucket)
     }
@@ -117,6 +125,16 @@ impl Declaration {
         };
         if !valid(self.name) {
             return Err(format!("module name {:?} is not [A-Za-z0-9_-]+", self.name));
+        }
+        for subject in self.schedules {
+            let deadline = crate::events::stream_of(subject) == crate::events::DEADLINES_STREAM;
+            if !deadline {
+                return Err(format!(
+                    "{}: scheduled event {subject:?} must be a `{}.` subject",
+                    self.name,
+                    crate::events::DEADLINES_PREFIX
+                ));
+            }
         }
         for (i, listener) in self.listens.iter().enumerate() {
             if !valid(listener.handler) {
@@ -152,6 +170,7 @@ mod tests {
         }],
         requests: &["other.get"],
         publishes: &["events.probe.tick"],
+        schedules: &[],
         buckets: &[],
         listens: &[Listener {
             handler: "count_ticks",

@@ -16,14 +16,43 @@ use crate::message::Event;
 /// The JetStream stream that stores every domain event (`events.>`).
 pub const EVENTS_STREAM: &str = "EVENTS";
 
+/// The JetStream stream of deadlines: scheduled events (`deadlines.>`) and
+/// their schedules (`schedules.>`) until they are due.
+///
+/// Not the event stream: the broker refuses message schedules in a stream
+/// that discards *new* messages when full, which the event stream must do
+/// (see [`stream_config`]).
+pub const DEADLINES_STREAM: &str = "DEADLINES";
+
+/// How the subject of every scheduled event starts.
+pub const DEADLINES_PREFIX: &str = "deadlines";
+
+/// Where scheduled events wait until they are due:
+/// `schedules.<event subject>.<event id>` (see [`crate::Bus::schedule_as`]).
+pub const SCHEDULES_PREFIX: &str = "schedules";
+
+/// The stream that stores the events of `subject`.
+pub fn stream_of(subject: &str) -> &'static str {
+    match subject.strip_prefix(DEADLINES_PREFIX) {
+        Some(rest) if rest.starts_with('.') => DEADLINES_STREAM,
+        _ => EVENTS_STREAM,
+    }
+}
+
+/// The subject a scheduled event waits on: one per event, so that each
+/// schedule is its own (the broker keeps one schedule per subject).
+pub fn schedule_subject(event_subject: &str, event_id: Uuid) -> String {
+    format!("{SCHEDULES_PREFIX}.{event_subject}.{event_id}")
+}
+
 /// How long the stream remembers event ids to drop duplicate publishes.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 /// How long events are kept in the stream.
 pub const EVENTS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// Creates the event stream, or brings its configuration up to date: safe to
-/// call from every module at every start. With setup's patience: a 10 s
+/// Creates the event and deadline streams, or brings their configuration up
+/// to date: safe to call from every module at every start. With setup's patience: a 10 s
 /// timeout, and up to 4 attempts (a busy cluster, a leader election).
 pub async fn ensure_stream(
     client: &async_nats::Client,
@@ -38,14 +67,52 @@ pub(crate) async fn create_stream(
     jetstream: &async_nats::jetstream::Context,
     limits: &Limits,
 ) -> Result<(), RegisterError> {
-    let existing = crate::limits::existing_replicas(jetstream, EVENTS_STREAM, limits).await;
-    let mut config = stream_config(limits);
-    config.num_replicas = limits.replicas_for(existing);
-    jetstream
-        .create_or_update_stream(config)
-        .await
-        .map_err(|err| RegisterError::Stream(format!("{EVENTS_STREAM}: {err}")))?;
+    for mut config in [stream_config(limits), deadlines_config(limits)] {
+        let name = config.name.clone();
+        let existing = crate::limits::existing_replicas(jetstream, &name, limits).await;
+        config.num_replicas = limits.replicas_for(existing);
+        jetstream
+            .create_or_update_stream(config)
+            .await
+            .map_err(|err| RegisterError::Stream(format!("{name}: {err}")))?;
+    }
     Ok(())
+}
+
+/// The configuration of the stream that stores the events of `subject`.
+pub(crate) fn config_of(subject: &str, limits: &Limits) -> async_nats::jetstream::stream::Config {
+    match stream_of(subject) {
+        DEADLINES_STREAM => deadlines_config(limits),
+        _ => stream_config(limits),
+    }
+}
+
+/// The deadline stream's configuration under `limits`.
+///
+/// Deadlines are kept by the broker: message schedules (ADR-51). A full
+/// stream of deadlines drops its *oldest* messages (schedules refuse the
+/// other policy): in a running system those are deadlines long fired and
+/// handled; its size limit is the event stream's.
+pub(crate) fn deadlines_config(limits: &Limits) -> async_nats::jetstream::stream::Config {
+    use async_nats::jetstream::stream;
+    stream::Config {
+        name: DEADLINES_STREAM.to_owned(),
+        description: Some("Deadlines of the modular monolith: scheduled events".to_owned()),
+        subjects: vec![
+            format!("{DEADLINES_PREFIX}.>"),
+            format!("{SCHEDULES_PREFIX}.>"),
+        ],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        duplicate_window: DUPLICATE_WINDOW,
+        max_age: EVENTS_MAX_AGE,
+        max_bytes: limits.events_max_bytes,
+        max_message_size: limits.event_max_size,
+        discard: stream::DiscardPolicy::Old,
+        allow_message_schedules: true,
+        num_replicas: limits.replicas.max(1),
+        ..Default::default()
+    }
 }
 
 /// The event stream's configuration under `limits`.

@@ -66,6 +66,9 @@ use crate::supervisor::supervise;
 /// How many handlers of one endpoint or event handler may run at once.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 512;
 
+/// The default of [`ModuleOptions::deadline`].
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
+
 /// How long a handler waits for another module's reply: shorter than a
 /// client's own timeout, so that the client gets our `503` rather than
 /// timing out at the same moment.
@@ -85,6 +88,11 @@ pub struct ModuleOptions {
     pub consumer: ConsumerOptions,
     /// Size limits of what it stores.
     pub limits: Limits,
+    /// How long the module waits on work it handed to others before it
+    /// gives up on it (what that means is the module's: an order not paid
+    /// in time fails, a hold nobody follows up is released). Kept by the
+    /// broker, with [`Context::schedule_fact`].
+    pub deadline: Duration,
 }
 
 impl Default for ModuleOptions {
@@ -94,6 +102,7 @@ impl Default for ModuleOptions {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             consumer: ConsumerOptions::default(),
             limits: Limits::default(),
+            deadline: DEFAULT_DEADLINE,
         }
     }
 }

@@ -12,7 +12,7 @@
 
 use crate::dead_letter::DEAD_LETTER_BUCKET;
 use crate::declaration::Declaration;
-use crate::events::EVENTS_STREAM;
+use crate::events::{stream_of, DEADLINES_STREAM, EVENTS_STREAM, SCHEDULES_PREFIX};
 use crate::idempotency::BUCKET as IDEMPOTENCY_BUCKET;
 
 /// The queue group async-nats services serve their endpoints in.
@@ -53,11 +53,21 @@ pub fn module(module: &Declaration) -> Permissions {
 
     publish.extend(module.requests.iter().map(|s| s.to_string()));
     publish.extend(module.publishes.iter().map(|s| s.to_string()));
+    // Its deadlines: only the schedules of its own scheduled events (the
+    // broker publishes them when due; consumers refuse an event published
+    // by a schedule of another subject, see `consumer.rs`).
+    publish.extend(
+        module
+            .schedules
+            .iter()
+            .map(|subject| format!("{SCHEDULES_PREFIX}.{subject}.*")),
+    );
 
     // The account's JetStream limits, which bucket setup reads.
     publish.push("$JS.API.INFO".to_owned());
     // The event stream: made sure of at start, read for dead letters.
     publish.extend(stream_setup(EVENTS_STREAM));
+    publish.extend(stream_setup(DEADLINES_STREAM));
     publish.push(format!("$JS.API.STREAM.MSG.GET.{EVENTS_STREAM}"));
     publish.push(format!("$JS.API.DIRECT.GET.{EVENTS_STREAM}"));
 
@@ -73,18 +83,18 @@ pub fn module(module: &Declaration) -> Permissions {
 
     for listener in module.listens {
         let consumer = module.consumer_name(listener.handler);
-        publish.push(format!(
-            "$JS.API.CONSUMER.CREATE.{EVENTS_STREAM}.{consumer}.>"
-        ));
-        publish.push(format!("$JS.API.CONSUMER.INFO.{EVENTS_STREAM}.{consumer}"));
-        publish.push(format!(
-            "$JS.API.CONSUMER.MSG.NEXT.{EVENTS_STREAM}.{consumer}"
-        ));
+        let stream = stream_of(listener.subject);
+        publish.push(format!("$JS.API.CONSUMER.CREATE.{stream}.{consumer}.>"));
+        publish.push(format!("$JS.API.CONSUMER.INFO.{stream}.{consumer}"));
+        publish.push(format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"));
         // Acks, in both forms: `$JS.ACK.<stream>.<consumer>...` and the
         // newer one with a domain and an account hash in front.
-        publish.push(format!("$JS.ACK.{EVENTS_STREAM}.{consumer}.>"));
-        publish.push(format!("$JS.ACK.*.*.{EVENTS_STREAM}.{consumer}.>"));
-        subscribe.push(crate::dead_letter::max_deliveries_subject(&consumer));
+        publish.push(format!("$JS.ACK.{stream}.{consumer}.>"));
+        publish.push(format!("$JS.ACK.*.*.{stream}.{consumer}.>"));
+        subscribe.push(crate::dead_letter::max_deliveries_subject(
+            &consumer,
+            listener.subject,
+        ));
     }
 
     for bucket in module.buckets {
@@ -181,6 +191,7 @@ mod tests {
         ],
         requests: &["bank.charge"],
         publishes: &["events.shop.sold"],
+        schedules: &[],
         buckets: &["sales"],
         listens: &[Listener::new("settle", "events.bank.charged")],
     };

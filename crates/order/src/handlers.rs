@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use contract::order::{
     CancelOrder, GetOrder, Order, OrderCancelled, OrderCreated, OrderFailed, OrderFulfilled,
-    OrderId, OrderPaid, OrderStatus, PlaceOrder,
+    OrderId, OrderPaid, OrderStatus, PaymentDue, PlaceOrder, PAYMENT_TIMEOUT,
 };
 use contract::order::{INVALID_TRANSITION, PRODUCT_NOT_FOUND, USER_NOT_FOUND};
 use contract::payment::{PaymentFailed, PaymentSucceeded};
@@ -65,6 +65,8 @@ pub async fn place_order(
         quantity: request.quantity,
         status: OrderStatus::Pending,
     };
+    // The hold gets its deadline when it is made: see below.
+    let reserving = tokio::time::Instant::now();
     ctx.request(&ReserveStock {
         order_id: order.id,
         product_id: order.product_id,
@@ -80,6 +82,25 @@ pub async fn place_order(
         other => ServiceError::from(other),
     })?;
 
+    // The deadline goes to the broker before the order is stored: an order
+    // that exists always has one (a deadline for an order never stored
+    // finds nothing to do; its hold has a deadline of its own).
+    ctx.schedule_fact(
+        &PaymentDue { order_id: order.id },
+        &fact(order.id, "payment_due"),
+        orders.payment_timeout(),
+    )
+    .await?;
+    // A hold whose order is not stored by its deadline is released. So an
+    // order is stored only well before that deadline, or not at all (the
+    // client gets a 503, nothing was placed, and the hold goes at its
+    // deadline): never an order whose stock was given back.
+    if reserving.elapsed() > orders.payment_timeout() / 2 {
+        return Err(ServiceError::unavailable(format!(
+            "placing order {} took too long; nothing was placed",
+            order.id
+        )));
+    }
     let record = orders.insert(order, ctx.correlation_id()).await?;
     announce_placed(&orders, &ctx, &record).await?;
     Ok(record.order)
@@ -156,6 +177,39 @@ pub async fn payment_failed(
     Ok(())
 }
 
+/// `deadlines.order.payment_due`: an order still `pending` when its payment
+/// deadline comes fails with `payment_timeout`; the product module then
+/// releases its hold and the payment module voids or refunds whatever
+/// payment comes for it (both on `events.order.failed`). An order that went
+/// on meanwhile (paid, cancelled) is left as it is.
+pub async fn payment_due(
+    orders: Arc<Orders>,
+    ctx: Context,
+    event: PaymentDue,
+) -> Result<(), EventError> {
+    let id = event.order_id;
+    match orders.get(id).await? {
+        Some(record) if record.order.status == OrderStatus::Pending => {}
+        Some(record) => {
+            tracing::debug!(order_id = %id, status = %record.order.status, "payment deadline of an order that went on");
+            return Ok(());
+        }
+        // Never stored (the placement died after scheduling it).
+        None => return Ok(()),
+    }
+    let reason = format!(
+        "{PAYMENT_TIMEOUT}: not paid within {}",
+        humantime::format_duration(orders.payment_timeout())
+    );
+    match advance(&orders, &ctx, id, OrderStatus::Failed, Some(&reason)).await {
+        Ok(_) => Ok(()),
+        // Paid or cancelled between the read and the write: the race is
+        // decided, and not by the deadline.
+        Err(err) if INVALID_TRANSITION.is(&err) => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
 /// `events.product.stock.updated`: a committed reservation fulfils a paid order.
 pub async fn stock_updated(
     orders: Arc<Orders>,
@@ -193,11 +247,16 @@ async fn advance(
         // A payment outcome for an order cancelled meanwhile is a normal
         // race of the saga, not an error: the payment module refunds (or
         // voids) that payment when it sees the cancellation.
+        // Likewise for an order that failed first (its payment deadline
+        // passed): the payment module voids or refunds on its failure.
         Err(TransitionError::Illegal(record))
-            if record.order.status == OrderStatus::Cancelled
-                && matches!(to, OrderStatus::Paid | OrderStatus::Failed) =>
+            if matches!(
+                record.order.status,
+                OrderStatus::Cancelled | OrderStatus::Failed
+            ) && matches!(to, OrderStatus::Paid | OrderStatus::Failed) =>
         {
-            tracing::debug!(order_id = %id, %to, "payment outcome for a cancelled order");
+            let status = record.order.status;
+            tracing::debug!(order_id = %id, %to, %status, "payment outcome for an order that ended first");
             return Ok(record.order);
         }
         Err(TransitionError::Illegal(record)) => {
@@ -278,9 +337,10 @@ async fn publish<E: Event>(
     .map_err(Into::into)
 }
 
-/// The fact "order `id` reached `status`": one event id per transition.
-fn fact(id: OrderId, status: OrderStatus) -> String {
-    format!("order/{id}/{status}")
+/// The fact "order `id` reached `what`" (a status, or its payment
+/// deadline): one event id per fact.
+fn fact(id: OrderId, what: impl std::fmt::Display) -> String {
+    format!("order/{id}/{what}")
 }
 
 /// Re-announces, at start, every order of the open-order index: those still

@@ -13,6 +13,7 @@
 //! | `events.payment.success`       | listen  | `mark_paid`: `pending -> paid`                    |
 //! | `events.payment.failed`        | listen  | `mark_failed`: `pending -> failed`                |
 //! | `events.product.stock.updated` | listen  | `mark_fulfilled`: `paid -> fulfilled` once the stock is committed |
+//! | `deadlines.order.payment_due`  | schedule, listen | `expire_unpaid_order`: `pending -> failed` (`payment_timeout`) |
 //! | `events.order.*`               | publish | `created`, `paid`, `fulfilled`, `failed`, `cancelled` |
 //!
 //! It asks the user module whether the user exists and the product module to
@@ -63,6 +64,9 @@ pub async fn register_with(
         .await?;
     module
         .on_event("mark_fulfilled", handlers::stock_updated)
+        .await?;
+    module
+        .on_event("expire_unpaid_order", handlers::payment_due)
         .await?;
     Ok(module.running())
 }

@@ -63,6 +63,8 @@ pub struct Orders {
     /// Users known to exist (bounded: the least recently seen are forgotten,
     /// and only cost one more `user.get`).
     known_users: std::sync::Mutex<lru::LruCache<UserId, ()>>,
+    /// How long a placed order may wait for its payment.
+    payment_timeout: std::time::Duration,
 }
 
 /// How many known users are remembered.
@@ -79,7 +81,13 @@ impl Orders {
             table: setup.table("orders", None).await?,
             open: setup.table("orders_open", None).await?,
             known_users: known_users(),
+            payment_timeout: setup.options().deadline,
         })
+    }
+
+    /// How long a placed order may wait for its payment before it fails.
+    pub fn payment_timeout(&self) -> std::time::Duration {
+        self.payment_timeout
     }
 
     /// Orders in memory (for unit tests).
@@ -88,6 +96,7 @@ impl Orders {
             table: Table::in_memory(),
             open: Table::in_memory(),
             known_users: known_users(),
+            payment_timeout: messaging_core::DEFAULT_DEADLINE,
         }
     }
 

@@ -1,8 +1,8 @@
-//! The payment module's event handler.
+//! The payment module's event handlers.
 
 use std::sync::Arc;
 
-use contract::order::{OrderCancelled, OrderCreated};
+use contract::order::{OrderCancelled, OrderCreated, OrderFailed, OrderId};
 use contract::payment::{Payment, PaymentFailed, PaymentRefunded, PaymentSucceeded};
 use messaging_core::{Context, EventError};
 
@@ -61,7 +61,30 @@ pub async fn order_cancelled(
     ctx: Context,
     event: OrderCancelled,
 ) -> Result<(), EventError> {
-    let order_id = event.order.id;
+    undo(&payments, &ctx, event.order.id, "order cancelled").await
+}
+
+/// `events.order.failed`: the same for an order that failed while its
+/// payment was on the way (its payment deadline passed first): no customer
+/// pays for an order that failed. An order that failed because its payment
+/// was declined has nothing to undo.
+pub async fn order_failed(
+    payments: Arc<Payments>,
+    ctx: Context,
+    event: OrderFailed,
+) -> Result<(), EventError> {
+    let reason = format!("order failed: {}", event.reason);
+    undo(&payments, &ctx, event.order.id, &reason).await
+}
+
+/// Refunds the payment of an order that ended without it, or voids it if it
+/// is still to come; announces a refund.
+async fn undo(
+    payments: &Payments,
+    ctx: &Context,
+    order_id: OrderId,
+    reason: &str,
+) -> Result<(), EventError> {
     let payment = Payment {
         id: payment_id(order_id),
         order_id,
@@ -69,7 +92,7 @@ pub async fn order_cancelled(
     if let Some(record) = payments.cancel(payment).await? {
         let refund = PaymentRefunded {
             payment: record.payment,
-            reason: "order cancelled".to_owned(),
+            reason: reason.to_owned(),
         };
         ctx.publish_fact(&refund, &format!("payment/{order_id}/refunded"))
             .await?;

@@ -9,7 +9,8 @@
 //! | `events.payment.success` | publish | the payment went through               |
 //! | `events.payment.failed`  | publish | the payment was declined, with a reason |
 //! | `events.order.cancelled` | listen  | `refund_cancelled_order`, or void it if still to come |
-//! | `events.payment.refunded`| publish | a cancelled order's payment was given back |
+//! | `events.order.failed`    | listen  | `refund_failed_order`: the same for an order that failed first (payment deadline) |
+//! | `events.payment.refunded`| publish | a cancelled or failed order's payment was given back |
 //!
 //! The payment is simulated: it takes [`PaymentConfig::delay`] (1 s by default,
 //! like the seed) without blocking other payments, and is declined when the
@@ -53,6 +54,9 @@ pub async fn register_with(
         .await?;
     module
         .on_event("refund_cancelled_order", handlers::order_cancelled)
+        .await?;
+    module
+        .on_event("refund_failed_order", handlers::order_failed)
         .await?;
     Ok(module.running())
 }

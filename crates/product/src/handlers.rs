@@ -2,16 +2,16 @@
 
 use std::sync::Arc;
 
-use contract::order::{Order, OrderCancelled, OrderFailed, OrderPaid};
+use contract::order::{GetOrder, OrderCancelled, OrderFailed, OrderId, OrderPaid, OrderStatus};
 use contract::product::{
-    CreateProduct, GetProduct, Product, ProductCreated, ProductId, Reservation, ReserveStock,
-    StockChange, StockUpdated,
+    CreateProduct, GetProduct, HoldDue, Product, ProductCreated, ProductId, Reservation,
+    ReserveStock, StockChange, StockUpdated,
 };
 use contract::product::{INSUFFICIENT_STOCK, RESERVATION_MISMATCH};
 use contract::NOT_FOUND;
 use messaging_core::{Context, EventError, ServiceError};
 
-use crate::state::{Catalogue, ReserveError, Settled, Settlement};
+use crate::state::{Catalogue, HoldState, ReserveError, Settled, Settlement};
 
 /// `product.create`: name and positive stock were parsed while decoding.
 pub async fn create_product(
@@ -43,26 +43,110 @@ pub async fn get_product(
 }
 
 /// `product.reserve`: holds stock for an order, or refuses with a 404 or 409.
+///
+/// Every hold has a deadline: scheduled on the broker before the hold is
+/// written, so no hold exists without one (see [`hold_due`]).
 pub async fn reserve_stock(
     catalogue: Arc<Catalogue>,
-    _ctx: Context,
+    ctx: Context,
     request: ReserveStock,
 ) -> Result<Reservation, ServiceError> {
+    let (order_id, product_id) = (request.order_id, request.product_id);
+    ctx.schedule_fact(
+        &HoldDue {
+            order_id,
+            product_id,
+        },
+        &format!("hold/{product_id}/{order_id}/due"),
+        catalogue.hold_timeout(),
+    )
+    .await?;
     catalogue
-        .reserve(request.order_id, request.product_id, request.quantity)
+        .reserve(order_id, product_id, request.quantity)
         .await
         .map_err(|err| match err {
             ReserveError::UnknownProduct => {
-                NOT_FOUND.error(format!("product {} does not exist", request.product_id))
+                NOT_FOUND.error(format!("product {product_id} does not exist"))
             }
             ReserveError::InsufficientStock { available } => INSUFFICIENT_STOCK.error(format!(
-                "product {} has {available} available, {} requested",
-                request.product_id, request.quantity
+                "product {product_id} has {available} available, {} requested",
+                request.quantity
             )),
-            ReserveError::OrderAlreadyReserved(held) => RESERVATION_MISMATCH
-                .error(format!("order {} already holds {held}", request.order_id)),
+            ReserveError::OrderAlreadyReserved(held) => {
+                RESERVATION_MISMATCH.error(format!("order {order_id} already holds {held}"))
+            }
+            ReserveError::AlreadySettled(state) => RESERVATION_MISMATCH.error(format!(
+                "order {order_id}'s hold on product {product_id} is already {}",
+                match state {
+                    HoldState::Committed => "committed",
+                    _ => "released",
+                }
+            )),
             ReserveError::Store(err) => ServiceError::unavailable(err.0),
         })
+}
+
+/// `deadlines.product.hold_due`: a hold's deadline came. The order module
+/// decides about an order's stock, so it is asked: a hold whose order was
+/// never stored, or has failed or been cancelled, is released; one whose
+/// order is paid waits for its commit; one whose order is still pending
+/// waits another deadline (the order's own deadline fails it meanwhile).
+/// If the order module cannot answer now, the hold waits another deadline
+/// too: a module that is down must not turn holds into dead letters.
+pub async fn hold_due(
+    catalogue: Arc<Catalogue>,
+    ctx: Context,
+    event: HoldDue,
+) -> Result<(), EventError> {
+    let (order_id, product_id) = (event.order_id, event.product_id);
+    match catalogue.hold(order_id, product_id).await? {
+        Some(hold) if hold.state == HoldState::Held => {}
+        // Settled meanwhile, or never written (the reserve was refused).
+        _ => return Ok(()),
+    }
+    let release = match ctx.request(&GetOrder { id: order_id }).await {
+        Ok(order) => match order.status {
+            OrderStatus::Failed | OrderStatus::Cancelled => true,
+            OrderStatus::Paid | OrderStatus::Fulfilled => false,
+            OrderStatus::Pending => {
+                wait_again(&catalogue, &ctx, order_id, product_id).await?;
+                false
+            }
+        },
+        Err(err) if err.remote().is_some_and(|remote| NOT_FOUND.is(remote)) => true,
+        Err(err) => {
+            tracing::warn!(%order_id, %product_id, %err, "hold deadline: the order module cannot say; waiting again");
+            wait_again(&catalogue, &ctx, order_id, product_id).await?;
+            false
+        }
+    };
+    if release {
+        tracing::info!(%order_id, %product_id, "hold expired: released");
+        settle(&catalogue, &ctx, order_id, product_id, Settlement::Release).await?;
+    }
+    Ok(())
+}
+
+/// Schedules another deadline for a hold whose deadline came too early to
+/// decide. Derived from the deadline being handled, so a redelivery of it
+/// schedules the same one.
+async fn wait_again(
+    catalogue: &Catalogue,
+    ctx: &Context,
+    order_id: OrderId,
+    product_id: ProductId,
+) -> Result<(), EventError> {
+    let after = ctx.derive_id("hold_due_again");
+    ctx.schedule_fact(
+        &HoldDue {
+            order_id,
+            product_id,
+        },
+        &format!("hold/{product_id}/{order_id}/due/{after}"),
+        catalogue.hold_timeout(),
+    )
+    .await?;
+    Ok(())
 }
 
 /// `events.order.paid`: the held stock leaves the shelf.
@@ -71,7 +155,8 @@ pub async fn order_paid(
     ctx: Context,
     event: OrderPaid,
 ) -> Result<(), EventError> {
-    settle(&catalogue, &ctx, &event.order, Settlement::Commit).await
+    let order = &event.order;
+    settle(&catalogue, &ctx, order.id, order.product_id, Settlement::Commit).await
 }
 
 /// `events.order.failed`: the held stock is available again.
@@ -80,7 +165,8 @@ pub async fn order_failed(
     ctx: Context,
     event: OrderFailed,
 ) -> Result<(), EventError> {
-    settle(&catalogue, &ctx, &event.order, Settlement::Release).await
+    let order = &event.order;
+    settle(&catalogue, &ctx, order.id, order.product_id, Settlement::Release).await
 }
 
 /// `events.order.cancelled`: the held stock is available again.
@@ -89,7 +175,8 @@ pub async fn order_cancelled(
     ctx: Context,
     event: OrderCancelled,
 ) -> Result<(), EventError> {
-    settle(&catalogue, &ctx, &event.order, Settlement::Release).await
+    let order = &event.order;
+    settle(&catalogue, &ctx, order.id, order.product_id, Settlement::Release).await
 }
 
 /// Settles the order's hold and announces the stock change.
@@ -101,32 +188,32 @@ pub async fn order_cancelled(
 async fn settle(
     catalogue: &Catalogue,
     ctx: &Context,
-    order: &Order,
+    order_id: OrderId,
+    product_id: ProductId,
     how: Settlement,
 ) -> Result<(), EventError> {
     let change = match how {
         Settlement::Commit => StockChange::Committed,
         Settlement::Release => StockChange::Released,
     };
-    let product = match catalogue.settle(order.id, order.product_id, how).await? {
+    let product = match catalogue.settle(order_id, product_id, how).await? {
         Some(Settled::Applied(product)) => product,
         Some(Settled::AlreadyDone(product)) => {
-            tracing::debug!(order_id = %order.id, ?change, "settlement already applied");
+            tracing::debug!(%order_id, ?change, "settlement already applied");
             product
         }
         // Products are never deleted: an order for an unknown product is
         // nonsense no retry can fix.
         None => {
             return Err(EventError::permanent(format!(
-                "product {} of order {} does not exist",
-                order.product_id, order.id
+                "product {product_id} of order {order_id} does not exist"
             )))
         }
     };
-    let fact = format!("stock/{}/{change:?}", order.id);
+    let fact = format!("stock/{order_id}/{change:?}");
     let event = StockUpdated {
         product,
-        order_id: order.id,
+        order_id,
         change,
     };
     ctx.publish_fact(&event, &fact).await?;

@@ -12,6 +12,8 @@
 //! | `events.order.paid`            | listen  | `commit_paid_order`: commit the order's reservation |
 //! | `events.order.failed`          | listen  | `release_failed_order`: release it          |
 //! | `events.order.cancelled`       | listen  | `release_cancelled_order`: release it       |
+//! | `deadlines.product.hold_due`      | schedule, listen | `expire_hold`: release a hold whose order never came or ended |
+//! | `order.get`                    | asks    | whether a hold's order exists, and how it is |
 //! | `events.product.created`       | publish | after a product is added                    |
 //! | `events.product.stock.updated` | publish | after a reservation is committed or released |
 //!
@@ -53,5 +55,6 @@ pub async fn register_with(
     module
         .on_event("release_cancelled_order", handlers::order_cancelled)
         .await?;
+    module.on_event("expire_hold", handlers::hold_due).await?;
     Ok(module.running())
 }

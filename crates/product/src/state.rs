@@ -1,20 +1,25 @@
-//! The product module's state: the `products` table. Each product record
-//! holds its stock on hand and the reservations (holds) of pending orders.
+//! The product module's state: the `products` table. It holds two kinds of
+//! entries: each product (its stock on hand and how much of it is held),
+//! and each hold (one key per order and product, `<product>.<order>`), so
+//! a product with 100,000 pending holds is still one small record.
 //!
-//! Invariants, kept by writing each record with compare-and-set (so they
-//! hold across concurrent handlers and across instances of the module):
-//! * the holds never exceed the stock on hand, so `available = on_hand -
-//!   held` never goes negative and concurrent orders never oversell;
-//! * a hold is settled once: committing removes it and takes its quantity
-//!   off the stock on hand, releasing only removes it. Settling an order with
-//!   no hold changes nothing, which makes duplicated events harmless.
+//! Invariants, kept by writing the product and its hold **together**, in
+//! one atomic batch with a compare-and-set on each ([`Table::modify_keys`]),
+//! so that they hold across concurrent handlers, across instances of the
+//! module, and whatever dies when:
+//! * `held` is the sum of the holds that are still `held`, and never
+//!   exceeds the stock on hand: `available = on_hand - held` never goes
+//!   negative and concurrent orders never oversell;
+//! * a hold is settled once: committing takes its quantity off the stock on
+//!   hand, releasing gives it back; either way the hold stays, settled, so
+//!   a duplicated event finds it settled and changes nothing.
 
 use std::collections::BTreeMap;
 
 use contract::order::OrderId;
 use contract::product::{Product, ProductId, Reservation};
 use contract::values::{Name, Quantity};
-use messaging_core::store::{Change, StoreError, Table};
+use messaging_core::store::{Changes, StoreError, Table};
 use messaging_core::Setup;
 use serde::{Deserialize, Serialize};
 
@@ -24,13 +29,18 @@ pub struct ProductRecord {
     pub id: ProductId,
     pub name: Name,
     pub on_hand: u32,
-    /// Quantity held for each pending order.
+    /// The quantity of its holds still `held`.
+    #[serde(default)]
+    pub held: u32,
+    /// Holds as earlier versions kept them, inside the record: still
+    /// counted and settled, never added to.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub holds: BTreeMap<OrderId, u32>,
 }
 
 impl ProductRecord {
     fn held(&self) -> u32 {
-        self.holds.values().sum()
+        self.held + self.holds.values().sum::<u32>()
     }
 
     /// The product as the contract shows it.
@@ -44,6 +54,33 @@ impl ProductRecord {
     }
 }
 
+/// Where a hold is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldState {
+    /// Counted in the product's `held`.
+    Held,
+    /// Its order was paid: the quantity left the stock on hand.
+    Committed,
+    /// Its order will not be paid (or never existed): available again.
+    Released,
+}
+
+/// One order's hold on one product.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldRecord {
+    pub quantity: u32,
+    pub state: HoldState,
+}
+
+/// An entry of the `products` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Entry {
+    Product(ProductRecord),
+    Hold(HoldRecord),
+}
+
 /// Why a reservation was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReserveError {
@@ -54,6 +91,9 @@ pub enum ReserveError {
     /// The order already holds a different quantity.
     #[error("the order already holds {0}")]
     OrderAlreadyReserved(u32),
+    /// The order's hold was committed or released already.
+    #[error("the order's hold is already {0:?}")]
+    AlreadySettled(HoldState),
     #[error(transparent)]
     Store(#[from] StoreErrorText),
 }
@@ -87,15 +127,44 @@ pub enum Settled {
     AlreadyDone(Product),
 }
 
-/// All products.
+/// All products and their holds.
 pub struct Catalogue {
-    table: Table<ProductRecord>,
+    table: Table<Entry>,
+    /// How long a hold may wait for its order to be stored.
+    hold_timeout: std::time::Duration,
+}
+
+/// The key of the hold of `order` on `product`.
+fn hold_key(product: ProductId, order: OrderId) -> String {
+    format!("{product}.{order}")
+}
+
+/// The entries read for `product` and one of its holds, as typed.
+fn product_and_hold<'a>(
+    entries: &[Option<&'a Entry>],
+) -> Result<(Option<&'a ProductRecord>, Option<&'a HoldRecord>), StoreError> {
+    let product = match entries[0] {
+        None => None,
+        Some(Entry::Product(product)) => Some(product),
+        Some(Entry::Hold(_)) => return Err(misplaced("a hold where a product belongs")),
+    };
+    let hold = match entries[1] {
+        None => None,
+        Some(Entry::Hold(hold)) => Some(hold),
+        Some(Entry::Product(_)) => return Err(misplaced("a product where a hold belongs")),
+    };
+    Ok((product, hold))
+}
+
+fn misplaced(what: &str) -> StoreError {
+    StoreError::Unavailable(format!("the products table holds {what}"))
 }
 
 impl Catalogue {
     pub async fn open(setup: &Setup) -> Result<Self, StoreError> {
         Ok(Self {
             table: setup.table("products", None).await?,
+            hold_timeout: setup.options().deadline,
         })
     }
 
@@ -103,7 +172,13 @@ impl Catalogue {
     pub fn in_memory() -> Self {
         Self {
             table: Table::in_memory(),
+            hold_timeout: messaging_core::DEFAULT_DEADLINE,
         }
+    }
+
+    /// How long a hold may wait for its order before it is looked at.
+    pub fn hold_timeout(&self) -> std::time::Duration {
+        self.hold_timeout
     }
 
     /// Stores a new product; if `id` exists (a retried request), returns it.
@@ -117,21 +192,44 @@ impl Catalogue {
             id,
             name,
             on_hand: stock.get(),
+            held: 0,
             holds: BTreeMap::new(),
         };
-        let stored = self.table.create_or_get(&id.to_string(), record).await?;
-        Ok(stored.view())
+        match self
+            .table
+            .create_or_get(&id.to_string(), Entry::Product(record))
+            .await?
+        {
+            Entry::Product(stored) => Ok(stored.view()),
+            Entry::Hold(_) => Err(misplaced("a hold where a product belongs")),
+        }
     }
 
     pub async fn get(&self, id: ProductId) -> Result<Option<Product>, StoreError> {
-        Ok(self
-            .table
-            .get(&id.to_string())
-            .await?
-            .map(|r| r.value.view()))
+        match self.table.get(&id.to_string()).await?.map(|v| v.value) {
+            None => Ok(None),
+            Some(Entry::Product(record)) => Ok(Some(record.view())),
+            Some(Entry::Hold(_)) => Err(misplaced("a hold where a product belongs")),
+        }
     }
 
-    /// Holds `quantity` of `product_id` for `order_id`, if that much is available.
+    /// The hold of `order_id` on `product_id`, if there is one.
+    pub async fn hold(
+        &self,
+        order_id: OrderId,
+        product_id: ProductId,
+    ) -> Result<Option<HoldRecord>, StoreError> {
+        match self.table.get(&hold_key(product_id, order_id)).await? {
+            None => Ok(None),
+            Some(versioned) => match versioned.value {
+                Entry::Hold(hold) => Ok(Some(hold)),
+                Entry::Product(_) => Err(misplaced("a product where a hold belongs")),
+            },
+        }
+    }
+
+    /// Holds `quantity` of `product_id` for `order_id`, if that much is
+    /// available: the product's `held` and the new hold, in one write.
     pub async fn reserve(
         &self,
         order_id: OrderId,
@@ -139,24 +237,49 @@ impl Catalogue {
         quantity: Quantity,
     ) -> Result<Reservation, ReserveError> {
         let wanted = quantity.get();
+        let keys = [product_id.to_string(), hold_key(product_id, order_id)];
+        let keys = [keys[0].as_str(), keys[1].as_str()];
         self.table
-            .modify(&product_id.to_string(), |record| {
-                let Some(record) = record else {
+            .modify_keys(&keys, |entries| {
+                let (Some(record), hold) = product_and_hold(entries)? else {
                     return Err(ReserveError::UnknownProduct);
                 };
-                match record.holds.get(&order_id) {
+                let legacy = record.holds.get(&order_id).copied();
+                match (hold, legacy) {
                     // A retried reserve for the same order gets the same answer.
-                    Some(&held) if held == wanted => return Ok(Change::Keep(())),
-                    Some(&held) => return Err(ReserveError::OrderAlreadyReserved(held)),
-                    None => {}
+                    (
+                        Some(HoldRecord {
+                            quantity,
+                            state: HoldState::Held,
+                        }),
+                        _,
+                    ) if *quantity == wanted => return Ok(Changes::Keep(())),
+                    (None, Some(held)) if held == wanted => return Ok(Changes::Keep(())),
+                    (
+                        Some(HoldRecord {
+                            quantity,
+                            state: HoldState::Held,
+                        }),
+                        _,
+                    ) => return Err(ReserveError::OrderAlreadyReserved(*quantity)),
+                    (Some(hold), _) => return Err(ReserveError::AlreadySettled(hold.state)),
+                    (None, Some(held)) => return Err(ReserveError::OrderAlreadyReserved(held)),
+                    (None, None) => {}
                 }
                 let available = record.on_hand - record.held();
                 if wanted > available {
                     return Err(ReserveError::InsufficientStock { available });
                 }
                 let mut next = record.clone();
-                next.holds.insert(order_id, wanted);
-                Ok(Change::Write(next, ()))
+                next.held += wanted;
+                let hold = HoldRecord {
+                    quantity: wanted,
+                    state: HoldState::Held,
+                };
+                Ok(Changes::Write(
+                    vec![(0, Entry::Product(next)), (1, Entry::Hold(hold))],
+                    (),
+                ))
             })
             .await?;
         Ok(Reservation {
@@ -166,27 +289,53 @@ impl Catalogue {
         })
     }
 
-    /// Commits or releases the hold of `order_id` on `product_id`.
+    /// Commits or releases the hold of `order_id` on `product_id`: the
+    /// product's counts and the hold's state, in one write.
     pub async fn settle(
         &self,
         order_id: OrderId,
         product_id: ProductId,
         how: Settlement,
     ) -> Result<Option<Settled>, StoreError> {
+        let keys = [product_id.to_string(), hold_key(product_id, order_id)];
+        let keys = [keys[0].as_str(), keys[1].as_str()];
         self.table
-            .modify(&product_id.to_string(), |record| {
-                let Some(record) = record else {
-                    return Ok(Change::Keep(None));
+            .modify_keys(&keys, |entries| {
+                let (Some(record), hold) = product_and_hold(entries)? else {
+                    return Ok(Changes::Keep(None));
                 };
                 let mut next = record.clone();
-                let Some(quantity) = next.holds.remove(&order_id) else {
-                    return Ok(Change::Keep(Some(Settled::AlreadyDone(record.view()))));
-                };
-                if how == Settlement::Commit {
-                    next.on_hand -= quantity;
+                let mut writes = Vec::new();
+                match hold {
+                    Some(hold) if hold.state == HoldState::Held => {
+                        next.held -= hold.quantity;
+                        if how == Settlement::Commit {
+                            next.on_hand -= hold.quantity;
+                        }
+                        let state = match how {
+                            Settlement::Commit => HoldState::Committed,
+                            Settlement::Release => HoldState::Released,
+                        };
+                        let settled = HoldRecord {
+                            quantity: hold.quantity,
+                            state,
+                        };
+                        writes.push((1, Entry::Hold(settled)));
+                    }
+                    Some(_) => {
+                        return Ok(Changes::Keep(Some(Settled::AlreadyDone(record.view()))))
+                    }
+                    None => match next.holds.remove(&order_id) {
+                        Some(quantity) if how == Settlement::Commit => next.on_hand -= quantity,
+                        Some(_) => {}
+                        None => {
+                            return Ok(Changes::Keep(Some(Settled::AlreadyDone(record.view()))))
+                        }
+                    },
                 }
                 let product = next.view();
-                Ok(Change::Write(next, Some(Settled::Applied(product))))
+                writes.insert(0, (0, Entry::Product(next)));
+                Ok(Changes::Write(writes, Some(Settled::Applied(product))))
             })
             .await
     }

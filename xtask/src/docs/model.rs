@@ -185,6 +185,7 @@ pub mod fixture {
         }],
         requests: &["stock.take"],
         publishes: &["events.shop.sold"],
+        schedules: &[],
         buckets: &[],
         listens: &[],
     };
@@ -198,6 +199,7 @@ pub mod fixture {
         }],
         requests: &[],
         publishes: &["events.stock.low"],
+        schedules: &[],
         buckets: &[],
         listens: &[Listener {
             handler: "count_sale",

@@ -23,6 +23,7 @@ const LISTENER: Declaration = Declaration {
     serves: &[],
     requests: &[],
     publishes: &[],
+    schedules: &[],
     buckets: &[],
     listens: &[Listener {
         handler: "on_ping",

@@ -131,6 +131,7 @@ const PEER: Declaration = Declaration {
     }],
     requests: &[],
     publishes: &[],
+    schedules: &[],
     buckets: &[],
     listens: &[],
 };
@@ -144,6 +145,7 @@ const RELAY: Declaration = Declaration {
     }],
     requests: &[Lookup::SUBJECT],
     publishes: &[Noted::SUBJECT],
+    schedules: &[],
     buckets: &[],
     listens: &[],
 };
@@ -164,6 +166,7 @@ const ROGUE: Declaration = Declaration {
     ],
     requests: &[],
     publishes: &[],
+    schedules: &[],
     buckets: &[],
     listens: &[],
 };
@@ -174,6 +177,7 @@ const COUNTER: Declaration = Declaration {
     serves: &[],
     requests: &[],
     publishes: &[],
+    schedules: &[],
     buckets: &[],
     listens: &[Listener {
         handler: "count",
@@ -188,6 +192,7 @@ const RENAMED_V1: Declaration = Declaration {
     serves: &[],
     requests: &[],
     publishes: &[],
+    schedules: &[],
     buckets: &[],
     listens: &[Listener {
         handler: "count",
@@ -196,6 +201,7 @@ const RENAMED_V1: Declaration = Declaration {
 };
 
 const RENAMED_V2: Declaration = Declaration {
+    schedules: &[],
     buckets: &[],
     listens: &[Listener {
         handler: "count",
@@ -210,6 +216,7 @@ const TWO_HANDLERS: Declaration = Declaration {
     serves: &[],
     requests: &[],
     publishes: &[],
+    schedules: &[],
     buckets: &[],
     listens: &[
         Listener {
@@ -229,6 +236,7 @@ const JUDGE: Declaration = Declaration {
     serves: &[],
     requests: &[],
     publishes: &[],
+    schedules: &[],
     buckets: &[],
     listens: &[Listener {
         handler: "decide",

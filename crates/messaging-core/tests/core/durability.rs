@@ -27,6 +27,7 @@ const WORKER: Declaration = Declaration {
     }],
     requests: &[],
     publishes: &[Done::SUBJECT],
+    schedules: &[],
     buckets: &[],
     listens: &[Listener {
         handler: "on_job",

@@ -14,6 +14,7 @@ const LEDGER: Declaration = Declaration {
     serves: &[],
     requests: &[],
     publishes: &[],
+    schedules: &[],
     buckets: &["ledger"],
     listens: &[],
 };

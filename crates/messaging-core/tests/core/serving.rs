@@ -34,6 +34,7 @@ const PROBE: Declaration = Declaration {
     ],
     requests: &[],
     publishes: &[Tock::SUBJECT],
+    schedules: &[],
     buckets: &[],
     listens: &[Listener {
         handler: "on_tick",

@@ -69,6 +69,7 @@ const KEEPER: Declaration = Declaration {
     serves: &[],
     requests: &[],
     publishes: &[],
+    schedules: &[],
     buckets: &[],
     listens: &[],
 };

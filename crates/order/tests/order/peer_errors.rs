@@ -27,6 +27,7 @@ const PEERS: Declaration = Declaration {
     ],
     requests: &[],
     publishes: &[],
+    schedules: &[],
     buckets: &[],
     listens: &[],
 };

@@ -34,6 +34,7 @@ const PEERS: Declaration = Declaration {
     ],
     requests: &[],
     publishes: &[],
+    schedules: &[],
     buckets: &[],
     listens: &[],
 };
