@@ -202,9 +202,13 @@ where
     Fut: Future<Output = Result<(), EventError>>,
 {
     let subject = E::SUBJECT;
-    let (sequence, delivered) = match message.info() {
-        Ok(info) => (info.stream_sequence, info.delivered),
-        Err(_) => (0, 1),
+    let (sequence, delivered, published) = match message.info() {
+        Ok(info) => (
+            info.stream_sequence,
+            info.delivered,
+            Some(std::time::SystemTime::from(info.published)),
+        ),
+        Err(_) => (0, 1, None),
     };
     let letter = |kind: DeadLetterKind, reason: String| {
         DeadLetter::new(kind, durable, subject, sequence, delivered, reason)
@@ -245,6 +249,7 @@ where
         subject,
         correlation_id: delivered_event.meta.correlation_id,
         event: Some(delivered_event.meta),
+        published,
         idempotency_key: None,
     };
     let work = AssertUnwindSafe(handler(shared.state.clone(), ctx, delivered_event.event))

@@ -18,6 +18,8 @@ pub struct Context {
     pub(crate) subject: &'static str,
     pub(crate) correlation_id: Uuid,
     pub(crate) event: Option<EventMeta>,
+    /// When the stream stored the event being handled.
+    pub(crate) published: Option<std::time::SystemTime>,
     pub(crate) idempotency_key: Option<String>,
 }
 
@@ -30,6 +32,7 @@ impl Context {
             subject: "",
             correlation_id: Uuid::new_v4(),
             event: None,
+            published: None,
             idempotency_key: None,
         }
     }
@@ -51,6 +54,18 @@ impl Context {
     /// The event being handled, if the handler reacts to an event.
     pub fn event(&self) -> Option<&EventMeta> {
         self.event.as_ref()
+    }
+
+    /// How long ago the event being handled was stored (by the broker's
+    /// clock, read on ours): how late it is handled, after a redelivery or a
+    /// module that was down. `None` outside event handlers.
+    pub fn event_age(&self) -> Option<std::time::Duration> {
+        let published = self.published?;
+        Some(
+            std::time::SystemTime::now()
+                .duration_since(published)
+                .unwrap_or_default(),
+        )
     }
 
     /// The request's `Idempotency-Key`, if the caller sent one.

@@ -163,6 +163,7 @@ where
         subject: R::SUBJECT,
         correlation_id,
         event: None,
+        published: None,
         idempotency_key: key.clone(),
     };
 

@@ -48,15 +48,15 @@ pub use error::{
     ServiceError, MAX_HEADER_TEXT,
 };
 pub use events::{
-    ensure_stream, schedule_subject, Delivered, EventMeta, EventStream, WatchError, DUPLICATE_WINDOW,
-    stream_of, DEADLINES_PREFIX, DEADLINES_STREAM, EVENTS_STREAM, SCHEDULES_PREFIX,
+    ensure_stream, schedule_subject, stream_of, Delivered, EventMeta, EventStream, WatchError,
+    DEADLINES_PREFIX, DEADLINES_STREAM, DUPLICATE_WINDOW, EVENTS_STREAM, SCHEDULES_PREFIX,
 };
 pub use idempotency::{IDEMPOTENCY_KEY, IDEMPOTENCY_WINDOW};
 pub use limits::Limits;
 pub use message::{ErrorCode, Event, Rpc};
 pub use module::{
-    shutdown_all, Module, ModuleHandle, ModuleOptions, Setup, DEFAULT_DEADLINE, DEFAULT_MAX_IN_FLIGHT,
-    PEER_REQUEST_TIMEOUT,
+    shutdown_all, Module, ModuleHandle, ModuleOptions, Setup, DEFAULT_DEADLINE,
+    DEFAULT_MAX_IN_FLIGHT, PEER_REQUEST_TIMEOUT,
 };
 pub use stats::HandlerSnapshot;
 pub use store::Storage;

@@ -585,7 +585,10 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
                 });
             }
             use_cache = false;
-            let values: Vec<Option<&V>> = current.iter().map(|c| c.as_ref().map(|c| &c.value)).collect();
+            let values: Vec<Option<&V>> = current
+                .iter()
+                .map(|c| c.as_ref().map(|c| &c.value))
+                .collect();
             // As in `modify`: only a write proves a cached value current.
             let change = match decide(&values) {
                 Err(_) if from_cache => continue,
@@ -659,7 +662,10 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(NATS_BATCH_ID, batch_id.as_str());
             headers.insert(NATS_BATCH_SEQUENCE, (index + 1).to_string().as_str());
-            headers.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string().as_str());
+            headers.insert(
+                NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                expected.to_string().as_str(),
+            );
             let subject = format!("{prefix}{key}");
             if index < last {
                 // Only the commit is acknowledged: the server answers for
@@ -686,7 +692,10 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
             Ok(ack) => Ok((0..writes.len() as u64)
                 .map(|i| ack.sequence - last as u64 + i)
                 .collect()),
-            Err(err) if err.kind() == async_nats::jetstream::context::PublishErrorKind::WrongLastSequence => {
+            Err(err)
+                if err.kind()
+                    == async_nats::jetstream::context::PublishErrorKind::WrongLastSequence =>
+            {
                 Err(StoreError::Conflict(writes[0].0.to_owned()))
             }
             Err(err) => Err(unavailable(err)),
@@ -786,6 +795,7 @@ mod tests {
             backend: a.backend.clone(),
             stripes: stripes(),
             cache: cache(),
+            jetstream: None,
         };
         a.create("n", &0).await.unwrap(); // a now caches 0
         b.modify::<(), StoreError>("n", |n| Ok(Change::Write(n.unwrap() + 1, ())))
@@ -888,6 +898,7 @@ mod tests {
             backend: Backend::Memory(Arc::new(Mutex::new(Memory::with_max_age(Some(max_age))))),
             stripes: stripes(),
             cache: cache(),
+            jetstream: None,
         }
     }
 

@@ -21,10 +21,6 @@ pub async fn order_created(
     event: OrderCreated,
 ) -> Result<(), EventError> {
     let order = event.order;
-    // No read first: the payment is simulated, then recorded with
-    // create-if-absent. A duplicate delivery finds the first record there
-    // and announces *that* outcome again: each order is charged once.
-    tokio::time::sleep(payments.config().delay).await;
     // One payment id per order, whichever delivery takes it: a real payment
     // gateway, given this id as its idempotency key, charges once even if
     // two deliveries race here.
@@ -32,7 +28,21 @@ pub async fn order_created(
         id: payment_id(order.id),
         order_id: order.id,
     };
-    let outcome = payments.decide(&order);
+    // No read first: the payment is simulated, then recorded with
+    // create-if-absent. A duplicate delivery finds the first record there
+    // and announces *that* outcome again: each order is charged once.
+    let outcome = if too_late(&payments, &ctx) {
+        late(&order)
+    } else {
+        tokio::time::sleep(payments.config().delay).await;
+        // Checked again after the (simulated) gateway: the deadline may
+        // have passed meanwhile.
+        if too_late(&payments, &ctx) {
+            late(&order)
+        } else {
+            payments.decide(&order)
+        }
+    };
     let record = payments.record(PaymentRecord { payment, outcome }).await?;
     let fact = format!("payment/{}", order.id);
     let payment = record.payment;
@@ -51,6 +61,21 @@ pub async fn order_created(
         Outcome::Refunded => {}
     }
     Ok(())
+}
+
+/// Whether the order's payment deadline has passed: it was placed (its
+/// `created` event stored) longer ago than the payment timeout, because this
+/// module was down or behind. Its order fails, or has failed already: a
+/// payment taken now would only have to be refunded.
+fn too_late(payments: &Payments, ctx: &Context) -> bool {
+    ctx.event_age()
+        .is_some_and(|age| age >= payments.payment_timeout())
+}
+
+/// The outcome of a payment that came too late: never taken.
+fn late(order: &contract::order::Order) -> Outcome {
+    tracing::info!(order_id = %order.id, "payment deadline passed before the payment: voided");
+    Outcome::Voided
 }
 
 /// `events.order.cancelled`: give the money back if it was taken, or make

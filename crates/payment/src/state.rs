@@ -47,6 +47,9 @@ pub struct Payments {
     table: Table<PaymentRecord>,
     // A std mutex: never held across an await.
     rng: Mutex<StdRng>,
+    /// How long an order waits for its payment (the order module's
+    /// deadline): a payment handled later than that is never taken.
+    payment_timeout: std::time::Duration,
 }
 
 impl Payments {
@@ -59,7 +62,13 @@ impl Payments {
             config,
             table: setup.table("payments", None).await?,
             rng: Mutex::new(rng),
+            payment_timeout: setup.options().deadline,
         })
+    }
+
+    /// How long an order waits for its payment before it fails.
+    pub fn payment_timeout(&self) -> std::time::Duration {
+        self.payment_timeout
     }
 
     pub fn config(&self) -> &PaymentConfig {
@@ -155,6 +164,7 @@ mod tests {
             config,
             table: Table::in_memory(),
             rng: Mutex::new(rng),
+            payment_timeout: messaging_core::DEFAULT_DEADLINE,
         }
     }
 

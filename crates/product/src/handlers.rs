@@ -156,7 +156,14 @@ pub async fn order_paid(
     event: OrderPaid,
 ) -> Result<(), EventError> {
     let order = &event.order;
-    settle(&catalogue, &ctx, order.id, order.product_id, Settlement::Commit).await
+    settle(
+        &catalogue,
+        &ctx,
+        order.id,
+        order.product_id,
+        Settlement::Commit,
+    )
+    .await
 }
 
 /// `events.order.failed`: the held stock is available again.
@@ -166,7 +173,14 @@ pub async fn order_failed(
     event: OrderFailed,
 ) -> Result<(), EventError> {
     let order = &event.order;
-    settle(&catalogue, &ctx, order.id, order.product_id, Settlement::Release).await
+    settle(
+        &catalogue,
+        &ctx,
+        order.id,
+        order.product_id,
+        Settlement::Release,
+    )
+    .await
 }
 
 /// `events.order.cancelled`: the held stock is available again.
@@ -176,7 +190,14 @@ pub async fn order_cancelled(
     event: OrderCancelled,
 ) -> Result<(), EventError> {
     let order = &event.order;
-    settle(&catalogue, &ctx, order.id, order.product_id, Settlement::Release).await
+    settle(
+        &catalogue,
+        &ctx,
+        order.id,
+        order.product_id,
+        Settlement::Release,
+    )
+    .await
 }
 
 /// Settles the order's hold and announces the stock change.

@@ -322,9 +322,7 @@ impl Catalogue {
                         };
                         writes.push((1, Entry::Hold(settled)));
                     }
-                    Some(_) => {
-                        return Ok(Changes::Keep(Some(Settled::AlreadyDone(record.view()))))
-                    }
+                    Some(_) => return Ok(Changes::Keep(Some(Settled::AlreadyDone(record.view())))),
                     None => match next.holds.remove(&order_id) {
                         Some(quantity) if how == Settlement::Commit => next.on_hand -= quantity,
                         Some(_) => {}

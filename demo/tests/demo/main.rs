@@ -7,6 +7,7 @@ mod binary;
 mod cluster;
 mod conformance;
 mod crash;
+mod deadlines;
 mod durability;
 mod flow;
 mod hostile;
