@@ -453,3 +453,115 @@ async fn a_consumer_deleted_while_the_module_was_cut_off_is_made_again() {
     drop(connection);
     app.shutdown().await;
 }
+
+/// A module with a deadline of its own.
+const TIMEKEEPER: Declaration = Declaration {
+    name: "timekeeper",
+    description: "schedules its own deadlines and handles them",
+    serves: &[],
+    requests: &[],
+    publishes: &[],
+    schedules: &[Due::SUBJECT],
+    buckets: &[],
+    listens: &[Listener {
+        handler: "on_due",
+        subject: Due::SUBJECT,
+    }],
+};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Due {
+    n: u32,
+}
+impl Event for Due {
+    const SUBJECT: &'static str = "deadlines.probe.due";
+}
+
+async fn on_due(
+    seen: Arc<mpsc::UnboundedSender<u32>>,
+    _: Context,
+    due: Due,
+) -> Result<(), EventError> {
+    seen.send(due.n).ok();
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_scheduled_event_is_published_by_the_broker_when_due_and_only_its_own_schedule_may() {
+    let app = spawn_broker().await;
+    let (seen, mut seen_rx) = mpsc::unbounded_channel();
+    let options = ModuleOptions::with_storage(Storage::Memory);
+    let setup = Module::setup(app.bus().client().clone(), &TIMEKEEPER, "0.1.0", options)
+        .await
+        .unwrap();
+    let mut module = setup.start(Arc::new(seen)).await.unwrap();
+    module.on_event("on_due", on_due).await.unwrap();
+    let bus = module.bus().clone();
+    let module = module.running();
+
+    // Scheduled half a second ahead: nothing yet, then the broker
+    // publishes it (to the module's durable consumer).
+    let ctx = Context::new_flow(bus);
+    let scheduled = std::time::Instant::now();
+    ctx.schedule_fact(&Due { n: 1 }, "probe/1", Duration::from_millis(500))
+        .await
+        .unwrap();
+    let n = tokio::time::timeout(WAIT, seen_rx.recv()).await.unwrap();
+    assert_eq!(n, Some(1));
+    assert!(
+        scheduled.elapsed() >= Duration::from_millis(400),
+        "published when due, not at once ({:?})",
+        scheduled.elapsed()
+    );
+
+    // A module may only schedule what it declares...
+    let undeclared = ctx
+        .bus()
+        .schedule_as(
+            &Ping { n: 2 },
+            messaging_core::EventMeta {
+                event_id: uuid::Uuid::new_v4(),
+                correlation_id: uuid::Uuid::new_v4(),
+            },
+            std::time::SystemTime::now(),
+        )
+        .await;
+    assert!(matches!(
+        undeclared,
+        Err(messaging_core::PublishError::Undeclared { .. })
+    ));
+
+    // ...and a schedule of another subject aimed at this one (which the
+    // broker allows: it checks who may publish the schedule, not its
+    // target) is refused by the consumer: poisoned, never handled.
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Schedule", "@at 2020-01-01T00:00:00Z");
+    headers.insert("Nats-Schedule-Target", Due::SUBJECT);
+    let forged = serde_json::json!({
+        "n": 3,
+        "event_id": uuid::Uuid::new_v4(),
+        "correlation_id": uuid::Uuid::new_v4(),
+    });
+    app.bus()
+        .jetstream()
+        .publish_with_headers(
+            format!("schedules.deadlines.other.due.{}", uuid::Uuid::new_v4()),
+            headers,
+            forged.to_string().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    module
+        .wait_until("on_due", WAIT, |s| s.completed >= 2)
+        .await
+        .expect("the forged deadline was delivered and refused");
+    assert_eq!(module.stats("on_due").unwrap().failed, 1);
+    assert!(
+        seen_rx.try_recv().is_err(),
+        "the forged deadline was handled"
+    );
+    module.shutdown().await;
+    app.shutdown().await;
+}

@@ -257,3 +257,101 @@ fn bytes(max_bytes: i64) -> messaging_core::Limits {
         ..messaging_core::Limits::default()
     }
 }
+
+/// `modify_keys` on either backend: all or nothing, from fresh revisions.
+async fn writes_several_keys_at_once(table: Table<u32>) {
+    use messaging_core::store::Changes;
+    // Absent keys are created together.
+    table
+        .modify_keys::<_, StoreError>(&["total", "part.a"], |now| {
+            assert_eq!(now, [None, None]);
+            Ok(Changes::Write(vec![(0, 5), (1, 5)], ()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(table.get("total").await.unwrap().unwrap().value, 5);
+    assert_eq!(table.get("part.a").await.unwrap().unwrap().value, 5);
+
+    // A refusal writes nothing.
+    let refused = table
+        .modify_keys::<(), _>(&["total", "part.b"], |_| {
+            Err(StoreError::Conflict("no".into()))
+        })
+        .await;
+    assert!(refused.is_err());
+    assert_eq!(table.get("part.b").await.unwrap(), None);
+
+    // Many concurrent transfers of one unit from `total` into their own new
+    // key: each one is all or nothing, so `total` plus the parts stays 5,
+    // and exactly five transfers get a unit.
+    let transfers = (0..20).map(|n| {
+        let table = table.clone();
+        async move {
+            let part = format!("part.t{n}");
+            table
+                .modify_keys::<bool, StoreError>(&["total", &part], |now| {
+                    let total = *now[0].unwrap();
+                    if total == 0 {
+                        return Ok(Changes::Keep(false));
+                    }
+                    Ok(Changes::Write(vec![(0, total - 1), (1, 1)], true))
+                })
+                .await
+                .unwrap()
+        }
+    });
+    let moved = futures::future::join_all(transfers).await;
+    assert_eq!(moved.iter().filter(|m| **m).count(), 5);
+    assert_eq!(table.get("total").await.unwrap().unwrap().value, 0);
+    let mut parts = 0;
+    for n in 0..20 {
+        if let Some(part) = table.get(&format!("part.t{n}")).await.unwrap() {
+            parts += part.value;
+        }
+    }
+    assert_eq!(parts, 5);
+}
+
+#[tokio::test]
+async fn several_keys_are_written_all_or_nothing_in_memory_and_in_a_bucket() {
+    let app = spawn_broker().await;
+    let client = app.bus().client();
+    for storage in [Storage::Memory, Storage::Durable] {
+        let table = Table::open(client, storage, "batches", None, &bytes(1 << 20))
+            .await
+            .unwrap();
+        writes_several_keys_at_once(table).await;
+    }
+    let config = bucket_config(&app, "batches").await;
+    assert!(
+        config.allow_atomic_publish,
+        "the bucket takes atomic batches"
+    );
+
+    // Two processes on one bucket: `a` decides from what it cached, `b`
+    // changed one of the keys since. The whole batch is refused and done
+    // again from the fresh values: nothing of the stale decision lands.
+    let limits = bytes(1 << 20);
+    let open = || Table::<u32>::open(client, Storage::Durable, "shared", None, &limits);
+    let (a, b) = (open().await.unwrap(), open().await.unwrap());
+    use messaging_core::store::Changes;
+    let add_ten = |now: &[Option<&u32>]| {
+        let (total, part) = (now[0].copied().unwrap_or(0), now[1].copied().unwrap_or(0));
+        Ok::<_, StoreError>(Changes::Write(
+            vec![(0, total + 10), (1, part + 10)],
+            (total, part),
+        ))
+    };
+    assert_eq!(
+        a.modify_keys(&["total", "part"], add_ten).await.unwrap(),
+        (0, 0)
+    );
+    b.put("part", &100).await.unwrap();
+    assert_eq!(
+        a.modify_keys(&["total", "part"], add_ten).await.unwrap(),
+        (10, 100)
+    );
+    assert_eq!(b.get("total").await.unwrap().unwrap().value, 20);
+    assert_eq!(b.get("part").await.unwrap().unwrap().value, 110);
+    app.shutdown().await;
+}
