@@ -203,7 +203,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         _ => tokio::select! {
-            outcome = demo::scenario::run(app.bus(), cli.payment_delay) => outcome.map(|_| ()),
+            outcome = demo::scenario::run(app.bus(), cli.payment_delay, cli.payment_timeout) => outcome.map(|_| ()),
             () = &mut signal => {
                 signalled = true;
                 Ok(())

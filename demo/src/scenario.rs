@@ -1,9 +1,13 @@
 //! The story the demo tells, one log line per step.
 //!
 //! The seed's happy path (user "John Doe", product "Widget" with 100 in stock,
-//! an order of 10, its payment, stock 90), then the two ways an order does not
+//! an order of 10, its payment, stock 90), then the ways an order does not
 //! go through: a payment declined and compensated (its reservation released),
-//! and an order refused for insufficient stock.
+//! and an order refused for insufficient stock. Run with a payment timeout
+//! shorter than the payment delay (`--payment-timeout 500ms`), or without
+//! the payment module (`--modules user,product,order --payment-timeout 2s`),
+//! and the orders are not paid in time instead: they fail at their deadline
+//! (`payment_timeout`) and their reservations are released.
 //!
 //! Every wait is on the event that proves the step happened, with a deadline.
 
@@ -47,28 +51,40 @@ struct Watch {
 enum Payment {
     Succeeded(PaymentSucceeded),
     Declined(PaymentFailed),
+    /// None came before the order's deadline: the order failed.
+    TimedOut(OrderFailed),
 }
 
 impl Watch {
-    async fn new(bus: &Bus, payment_delay: Duration) -> anyhow::Result<Self> {
+    async fn new(
+        bus: &Bus,
+        payment_delay: Duration,
+        payment_timeout: Duration,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
             paid: bus.watch().await?,
             declined: bus.watch().await?,
             stock: bus.watch().await?,
             fulfilled: bus.watch().await?,
             failed: bus.watch().await?,
-            deadline: payment_delay + EVENT_SLACK,
+            deadline: payment_delay.min(payment_timeout) + EVENT_SLACK,
         })
     }
 
     async fn payment(&mut self, order: OrderId) -> anyhow::Result<Payment> {
         let deadline = self.deadline;
+        // Biased: a declined payment also fails its order; the payment's
+        // own event, when it is there, tells the story better.
         tokio::select! {
+            biased;
             paid = self.paid.next_matching(deadline, |e| e.event.payment.order_id == order) => {
                 Ok(Payment::Succeeded(paid?.event))
             }
             declined = self.declined.next_matching(deadline, |e| e.event.payment.order_id == order) => {
                 Ok(Payment::Declined(declined?.event))
+            }
+            failed = self.failed.next_matching(deadline, |e| e.event.order.id == order) => {
+                Ok(Payment::TimedOut(failed?.event))
             }
         }
     }
@@ -85,8 +101,12 @@ impl Watch {
 }
 
 /// Runs the whole story against the modules on `bus`.
-pub async fn run(bus: &Bus, payment_delay: Duration) -> anyhow::Result<Outcome> {
-    let mut watch = Watch::new(bus, payment_delay).await?;
+pub async fn run(
+    bus: &Bus,
+    payment_delay: Duration,
+    payment_timeout: Duration,
+) -> anyhow::Result<Outcome> {
+    let mut watch = Watch::new(bus, payment_delay, payment_timeout).await?;
 
     let user = bus
         .request(&CreateUser {
@@ -127,6 +147,7 @@ pub async fn run(bus: &Bus, payment_delay: Duration) -> anyhow::Result<Outcome> 
             let product = compensated(&mut watch, order.id, &event).await?;
             (false, product)
         }
+        Payment::TimedOut(failed) => (false, timed_out(&mut watch, &failed).await?),
     };
 
     // A payment over the card limit is declined; the saga compensates.
@@ -138,6 +159,7 @@ pub async fn run(bus: &Bus, payment_delay: Duration) -> anyhow::Result<Outcome> 
                 tracing::info!(id = %event.payment.id, order_id = %order.id, "payment successful");
                 watch.stock(order.id, StockChange::Committed).await?.product
             }
+            Payment::TimedOut(failed) => timed_out(&mut watch, &failed).await?,
         },
         Err(err) => {
             tracing::info!(%err, "order refused");
@@ -174,6 +196,20 @@ async fn place(bus: &Bus, user: &User, product: &Product, count: u32) -> anyhow:
         "order placed"
     );
     Ok(order)
+}
+
+/// Logs an order that failed without a payment event (its payment did not
+/// come in time), and waits for its compensation.
+async fn timed_out(watch: &mut Watch, failed: &OrderFailed) -> anyhow::Result<Product> {
+    let order = failed.order.id;
+    tracing::info!(id = %order, status = %failed.order.status, reason = %failed.reason, "order failed");
+    let released = watch.stock(order, StockChange::Released).await?;
+    tracing::info!(
+        id = %released.product.id, stock = released.product.stock,
+        available = released.product.available,
+        "reservation released"
+    );
+    Ok(released.product)
 }
 
 /// Logs a declined payment and waits for its compensation.

@@ -326,3 +326,50 @@ async fn a_duplicated_paid_event_commits_once() {
     );
     app.shutdown().await;
 }
+
+/// The bytes stored for the product `id` itself (not its holds).
+async fn stored_record_len(app: &App, id: ProductId) -> usize {
+    let kv = app
+        .bus()
+        .jetstream()
+        .get_key_value("products")
+        .await
+        .unwrap();
+    kv.get(id.to_string()).await.unwrap().unwrap().len()
+}
+
+#[tokio::test]
+async fn many_holds_leave_the_product_record_as_small_as_one() {
+    const HOLDS: u32 = 1_000;
+    let app = spawn_app().await;
+    let product = app.product(1_000_000).await;
+    app.reserve(product.id, 1).await;
+    let with_one = stored_record_len(&app, product.id).await;
+
+    // Each hold is a key of its own next to the product: reserving more
+    // rewrites a record that does not grow (only its counter's digits).
+    for wave in 0..(HOLDS - 1) / 100 + 1 {
+        let n = (HOLDS - 1 - wave * 100).min(100);
+        futures::future::join_all((0..n).map(|_| app.reserve(product.id, 1))).await;
+    }
+    let with_many = stored_record_len(&app, product.id).await;
+    assert!(
+        with_many <= with_one + 3,
+        "the product record grew from {with_one} to {with_many} bytes with {HOLDS} holds"
+    );
+    let now = app.get(product.id).await;
+    assert_eq!((now.stock, now.available), (1_000_000, 1_000_000 - HOLDS));
+
+    let kv = app
+        .bus()
+        .jetstream()
+        .get_key_value("products")
+        .await
+        .unwrap();
+    use futures::TryStreamExt;
+    let keys: Vec<String> = kv.keys().await.unwrap().try_collect().await.unwrap();
+    let prefix = format!("{}.", product.id);
+    let holds = keys.iter().filter(|k| k.starts_with(&prefix)).count();
+    assert_eq!(holds, HOLDS as usize, "one key per hold");
+    app.shutdown().await;
+}

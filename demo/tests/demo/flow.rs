@@ -71,9 +71,13 @@ async fn the_demo_scenario_ends_with_90_in_stock() {
     )
     .await
     .unwrap();
-    let outcome = demo::scenario::run(app.bus(), std::time::Duration::ZERO)
-        .await
-        .unwrap();
+    let outcome = demo::scenario::run(
+        app.bus(),
+        std::time::Duration::ZERO,
+        messaging_core::DEFAULT_DEADLINE,
+    )
+    .await
+    .unwrap();
     assert!(outcome.paid);
     assert_eq!(outcome.order.quantity.get(), 10);
     assert_eq!(
