@@ -308,6 +308,10 @@ impl Modules {
     pub fn is_all(&self) -> bool {
         *self == Self::all()
     }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.contains(&name)
+    }
 }
 
 /// Starts (or joins) the broker and connects as `admin` (or as `access`

@@ -94,6 +94,38 @@ async fn the_demo_runs_the_scenario_and_exits_cleanly() {
     assert_gone(broker_pid(&output));
 }
 
+#[tokio::test]
+async fn without_the_payment_module_the_story_shows_orders_failing_at_their_deadline() {
+    let args = [
+        "--modules",
+        "user,product,order",
+        "--payment-timeout",
+        "500ms",
+    ];
+    let child = demo(&args).spawn().unwrap();
+    let (status, output) = finish(child).await;
+    assert!(status.success(), "{status}\n{output}");
+    let timed_out = output
+        .lines()
+        .filter(|l| {
+            l.contains("order failed") && l.contains("payment_timeout: not paid within 500ms")
+        })
+        .count();
+    assert_eq!(
+        timed_out, 2,
+        "both orders fail at their deadline:\n{output}"
+    );
+    assert_eq!(
+        output.matches("reservation released").count(),
+        2,
+        "{output}"
+    );
+    assert!(output.contains("stock=100 available=100"), "{output}");
+    assert!(!output.contains("payment successful"), "{output}");
+    assert_clean(&output);
+    assert_gone(broker_pid(&output));
+}
+
 /// A `demo` process whose stdout is being read.
 pub(crate) struct Running {
     pub(crate) child: Child,
