@@ -65,11 +65,13 @@ pub fn module(module: &Declaration) -> Permissions {
 
     // The account's JetStream limits, which bucket setup reads.
     publish.push("$JS.API.INFO".to_owned());
-    // The event stream: made sure of at start, read for dead letters.
-    publish.extend(stream_setup(EVENTS_STREAM));
-    publish.extend(stream_setup(DEADLINES_STREAM));
-    publish.push(format!("$JS.API.STREAM.MSG.GET.{EVENTS_STREAM}"));
-    publish.push(format!("$JS.API.DIRECT.GET.{EVENTS_STREAM}"));
+    // The event and deadline streams: made sure of at start, read for
+    // dead letters.
+    for stream in [EVENTS_STREAM, DEADLINES_STREAM] {
+        publish.extend(stream_setup(stream));
+        publish.push(format!("$JS.API.STREAM.MSG.GET.{stream}"));
+        publish.push(format!("$JS.API.DIRECT.GET.{stream}"));
+    }
 
     for endpoint in module.serves {
         subscribe.push(format!("{} {QUEUE_GROUP}", endpoint.subject));
