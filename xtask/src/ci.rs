@@ -35,8 +35,10 @@ const CARGO_STEPS: &[Step] = &[
     },
     // The patched dependency's own tests (patches/async-nats/PATCHED.md):
     // not a workspace member, so `--workspace` does not run them.
+    // `connection::` = `read_op` (header blocks), `write_op`,
+    // `overflow_reply` (503 past a full endpoint buffer).
     Step {
-        args: &["test", "-p", "async-nats", "--lib", "connection::read_op"],
+        args: &["test", "-p", "async-nats", "--lib", "connection::"],
         env: &[],
     },
     // Broken intra-doc links and the like are bugs too.

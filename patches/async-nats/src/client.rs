@@ -811,6 +811,7 @@ impl Client {
                 subject,
                 queue_group: None,
                 sender,
+                reply_on_overflow: false,
             })
             .await?;
 
@@ -843,6 +844,19 @@ impl Client {
         subject: S,
         queue_group: String,
     ) -> Result<Subscriber, SubscribeError> {
+        self.queue_subscribe_with(subject, queue_group, false).await
+    }
+
+    /// PATCHED: [`Client::queue_subscribe`]; with `reply_on_overflow`, a
+    /// request that arrives while the subscription's buffer is full is
+    /// answered with a NATS services `503` error instead of being dropped
+    /// silently (service endpoints use it; see PATCHED.md).
+    pub(crate) async fn queue_subscribe_with<S: ToSubject>(
+        &self,
+        subject: S,
+        queue_group: String,
+        reply_on_overflow: bool,
+    ) -> Result<Subscriber, SubscribeError> {
         let subject = self
             .validate_subscribe_subject(subject)
             .map_err(|e| SubscribeError::with_source(SubscribeErrorKind::InvalidSubject, e))?;
@@ -860,6 +874,7 @@ impl Client {
                 subject,
                 queue_group: Some(queue_group),
                 sender,
+                reply_on_overflow,
             })
             .await?;
 

@@ -1713,3 +1713,255 @@ mod write_op {
         );
     }
 }
+
+/// PATCHED: a service endpoint's request that its full subscription buffer
+/// cannot take is answered with a `503` (see `overflow_reply` in `lib.rs`).
+/// The connection handler runs over in-memory pipes, polled by the test.
+#[cfg(test)]
+mod overflow_reply {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::Poll;
+    use std::time::Duration;
+
+    use tokio::io::{self, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream};
+    use tokio::sync::mpsc;
+
+    use super::{parse_header_block, Connection, State, SOFT_WRITE_BUF_LIMIT};
+    use crate::connector::{Connector, ConnectorOptions};
+    use crate::{
+        Command, ConnectOptions, ConnectionHandler, Event, Message, Statistics, Subscription,
+    };
+
+    /// Answered with a 503 when its buffer is full.
+    const SERVICE_SID: u64 = 1;
+    /// A plain subscription: overflow is dropped, as upstream does.
+    const PLAIN_SID: u64 = 2;
+
+    struct Harness {
+        handler: ConnectionHandler,
+        commands: mpsc::Receiver<Command>,
+        // Keeps `commands` open: the handler exits when it closes.
+        _commands_tx: mpsc::Sender<Command>,
+        events: mpsc::Receiver<Event>,
+        stats: Arc<Statistics>,
+        // Kept (never read): the subscription buffers stay full.
+        _receivers: Vec<mpsc::Receiver<Message>>,
+        /// What the "server" sends to the client.
+        to_client: DuplexStream,
+        /// What the client writes to the "server".
+        from_client: DuplexStream,
+    }
+
+    /// A handler with a service subscription and a plain one, each with a
+    /// buffer of one message; the client's outgoing pipe holds `outgoing`
+    /// bytes before writes block.
+    fn harness(outgoing: usize) -> Harness {
+        let (client_in, to_client) = io::duplex(16 << 20);
+        let (from_client, client_out) = io::duplex(outgoing);
+        let stats = Arc::new(Statistics::default());
+        let connection =
+            Connection::new(Box::new(io::join(client_in, client_out)), 0, stats.clone());
+        let o = ConnectOptions::default();
+        let (events_tx, events) = mpsc::channel(128);
+        let (state_tx, _) = tokio::sync::watch::channel(State::Pending);
+        let connector = Connector::new(
+            "nats://127.0.0.1:4222",
+            ConnectorOptions {
+                tls_required: o.tls_required,
+                certificates: o.certificates,
+                client_key: o.client_key,
+                client_cert: o.client_cert,
+                tls_client_config: o.tls_client_config,
+                tls_first: o.tls_first,
+                auth: o.auth,
+                no_echo: o.no_echo,
+                connection_timeout: o.connection_timeout,
+                name: o.name,
+                ignore_discovered_servers: o.ignore_discovered_servers,
+                retain_servers_order: o.retain_servers_order,
+                read_buffer_capacity: o.read_buffer_capacity,
+                reconnect_delay_callback: o.reconnect_delay_callback,
+                auth_callback: o.auth_callback,
+                max_reconnects: o.max_reconnects,
+                local_address: o.local_address,
+                reconnect_to_server_callback: o.reconnect_to_server_callback,
+            },
+            events_tx,
+            state_tx,
+            Arc::new(AtomicUsize::new(1024 * 1024)),
+            stats.clone(),
+        )
+        .unwrap();
+        let (info_sender, _) = tokio::sync::watch::channel(None);
+        let mut handler = ConnectionHandler::new(
+            connection,
+            connector,
+            info_sender,
+            Duration::from_secs(3600),
+        );
+        let mut receivers = Vec::new();
+        for (sid, subject, reply_on_overflow) in
+            [(SERVICE_SID, "svc", true), (PLAIN_SID, "plain", false)]
+        {
+            let (sender, receiver) = mpsc::channel(1);
+            receivers.push(receiver);
+            handler.subscriptions.insert(
+                sid,
+                Subscription {
+                    subject: subject.into(),
+                    sender,
+                    queue_group: Some("q".into()),
+                    delivered: 0,
+                    max: None,
+                    reply_on_overflow,
+                },
+            );
+        }
+        let (commands_tx, commands) = mpsc::channel(16);
+        Harness {
+            handler,
+            commands,
+            _commands_tx: commands_tx,
+            events,
+            stats,
+            _receivers: receivers,
+            to_client,
+            from_client,
+        }
+    }
+
+    /// The server's side of the flood: for each subscription, one message
+    /// that fills its buffer, then requests that overflow it; the plain
+    /// subscription's and the messages without a reply subject must not be
+    /// answered. Returns how many messages it sent.
+    async fn flood(to_client: &mut DuplexStream, requests: usize) -> usize {
+        let mut wire = String::new();
+        for i in 0..4 {
+            wire.push_str(&format!(
+                "MSG plain {PLAIN_SID} plain.reply.{i} 2\r\nhi\r\n"
+            ));
+        }
+        wire.push_str(&format!("MSG svc {SERVICE_SID} 2\r\nhi\r\n"));
+        for i in 0..requests {
+            if i == requests / 2 {
+                wire.push_str(&format!("MSG svc {SERVICE_SID} 2\r\nhi\r\n"));
+            }
+            wire.push_str(&format!("MSG svc {SERVICE_SID} svc.reply.{i} 2\r\nhi\r\n"));
+        }
+        to_client.write_all(wire.as_bytes()).await.unwrap();
+        4 + 1 + 1 + requests
+    }
+
+    /// Reads what the client wrote until `count` messages came; returns
+    /// their subjects after checking each is the 503 overflow reply.
+    async fn replies(from_client: &mut DuplexStream, count: usize) -> Vec<String> {
+        let mut reader = BufReader::new(from_client);
+        let mut subjects = Vec::new();
+        let mut line = String::new();
+        while subjects.len() < count {
+            line.clear();
+            assert_ne!(reader.read_line(&mut line).await.unwrap(), 0, "closed");
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                ["PING"] => {}
+                ["HPUB", subject, header_len, total_len] => {
+                    let header_len: usize = header_len.parse().unwrap();
+                    let total_len: usize = total_len.parse().unwrap();
+                    let mut body = vec![0; total_len + 2];
+                    reader.read_exact(&mut body).await.unwrap();
+                    assert_eq!(total_len, header_len, "an empty body");
+                    assert_eq!(&body[total_len..], b"\r\n");
+                    let (headers, status, _) = parse_header_block(&body[..header_len]).unwrap();
+                    assert_eq!(status, None);
+                    assert_eq!(
+                        headers.get("Nats-Service-Error-Code").unwrap().as_str(),
+                        "503"
+                    );
+                    assert_eq!(
+                        headers.get("Nats-Service-Error").unwrap().as_str(),
+                        "unavailable: overloaded: the service's request buffer is full, retry later"
+                    );
+                    subjects.push(subject.to_string());
+                }
+                other => panic!("unexpected write from the client: {other:?}"),
+            }
+        }
+        subjects
+    }
+
+    fn expected(requests: usize) -> Vec<String> {
+        (0..requests).map(|i| format!("svc.reply.{i}")).collect()
+    }
+
+    #[tokio::test]
+    async fn requests_beyond_a_full_endpoint_buffer_get_a_503() {
+        let mut h = harness(16 << 20);
+        let requests = 100;
+        let sent = flood(&mut h.to_client, requests).await;
+
+        // Everything is read and answered in one go: the socket takes it all.
+        let mut process = pin!(h.handler.process(&mut h.commands));
+        let replies = tokio::time::timeout(Duration::from_secs(30), async {
+            tokio::select! {
+                _ = &mut process => panic!("the connection handler exited"),
+                replies = replies(&mut h.from_client, requests) => replies,
+            }
+        })
+        .await
+        .expect("the replies were written");
+        // In order, one per request; none to the plain subscription's
+        // messages (they come first: an answer to one would be first).
+        assert_eq!(replies, expected(requests));
+        assert_eq!(h.stats.in_messages.load(Ordering::Relaxed), sent as u64);
+
+        // Still reported, for both kinds of subscription.
+        let mut slow = Vec::new();
+        while let Ok(event) = h.events.try_recv() {
+            if let Event::SlowConsumer(sid) = event {
+                slow.push(sid);
+            }
+        }
+        assert!(
+            slow.contains(&SERVICE_SID) && slow.contains(&PLAIN_SID),
+            "{slow:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn overflow_replies_pause_reading_while_the_socket_is_full() {
+        // The client's socket takes 4 KiB; nobody reads it yet.
+        let mut h = harness(4096);
+        let requests = 20_000;
+        let sent = flood(&mut h.to_client, requests).await;
+
+        // One poll: it reads until the write buffer is full and the socket
+        // takes no more, then waits for the socket instead of reading on.
+        let mut process = Box::pin(h.handler.process(&mut h.commands));
+        let polled = std::future::poll_fn(|cx| Poll::Ready(process.as_mut().poll(cx))).await;
+        assert!(polled.is_pending());
+        drop(process);
+        let read = h.stats.in_messages.load(Ordering::Relaxed);
+        assert!(read < sent as u64 / 2, "read {read} of {sent}");
+        let buffered = h.handler.connection.write_buf_len;
+        assert!(
+            buffered < SOFT_WRITE_BUF_LIMIT + 256,
+            "{buffered} bytes buffered"
+        );
+
+        // Once the socket is read, every request is answered.
+        let mut process = pin!(h.handler.process(&mut h.commands));
+        let replies = tokio::time::timeout(Duration::from_secs(30), async {
+            tokio::select! {
+                _ = &mut process => panic!("the connection handler exited"),
+                replies = replies(&mut h.from_client, requests) => replies,
+            }
+        })
+        .await
+        .expect("the replies were written");
+        assert_eq!(replies, expected(requests));
+        assert_eq!(h.stats.in_messages.load(Ordering::Relaxed), sent as u64);
+    }
+}

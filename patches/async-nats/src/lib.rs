@@ -199,7 +199,7 @@ use thiserror::Error;
 use futures_util::stream::Stream;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 
 use core::fmt;
 use std::collections::HashMap;
@@ -397,6 +397,8 @@ pub(crate) enum Command {
         subject: Subject,
         queue_group: Option<String>,
         sender: mpsc::Sender<Message>,
+        /// PATCHED: see [`Subscription::reply_on_overflow`].
+        reply_on_overflow: bool,
     },
     Unsubscribe {
         sid: u64,
@@ -448,6 +450,10 @@ struct Subscription {
     queue_group: Option<String>,
     delivered: u64,
     max: Option<u64>,
+    /// PATCHED: a message with a reply subject that arrives while `sender` is
+    /// full is answered with [`overflow_reply`] instead of being dropped
+    /// silently. Set only for service endpoints (see PATCHED.md).
+    reply_on_overflow: bool,
 }
 
 #[derive(Debug)]
@@ -470,6 +476,9 @@ pub(crate) struct ConnectionHandler {
     flush_observers: Vec<oneshot::Sender<()>>,
     is_draining: bool,
     drain_pings: VecDeque<u64>,
+    /// PATCHED: overflow replies were queued since the write buffer was last
+    /// empty; while set, reading pauses whenever the write buffer is full.
+    overflow_replies_queued: bool,
 }
 
 impl ConnectionHandler {
@@ -494,6 +503,7 @@ impl ConnectionHandler {
             flush_observers: Vec::new(),
             is_draining: false,
             drain_pings: VecDeque::new(),
+            overflow_replies_queued: false,
         }
     }
 
@@ -564,6 +574,27 @@ impl ConnectionHandler {
                         Poll::Pending => break,
                         Poll::Ready(Ok(Some(server_op))) => {
                             self.handler.handle_server_op(server_op);
+                            // PATCHED: overflow replies are written through the
+                            // normal write buffer. Reading a flood of requests
+                            // would otherwise grow that buffer without bound
+                            // (one reply per request read), so once it is full,
+                            // write first; if the socket takes no more, stop
+                            // reading until it does (the write waker polls us
+                            // again). Unread requests wait in the socket and
+                            // the server, as for any slow reader.
+                            if self.handler.overflow_replies_queued
+                                && self.handler.connection.is_write_buf_full()
+                            {
+                                match self.handler.connection.poll_write(cx) {
+                                    Poll::Pending => break,
+                                    Poll::Ready(Ok(())) => {
+                                        self.handler.overflow_replies_queued = false;
+                                    }
+                                    Poll::Ready(Err(err)) => {
+                                        return Poll::Ready(ExitReason::Disconnected(Some(err)))
+                                    }
+                                }
+                            }
                         }
                         Poll::Ready(Ok(None)) => {
                             return Poll::Ready(ExitReason::Disconnected(None))
@@ -640,6 +671,7 @@ impl ConnectionHandler {
                         }
                         Poll::Ready(Ok(())) => {
                             // Write buffer is empty
+                            self.handler.overflow_replies_queued = false;
                             continue;
                         }
                         Poll::Ready(Err(err)) => {
@@ -766,8 +798,30 @@ impl ConnectionHandler {
                                 }
                             }
                         }
-                        Err(mpsc::error::TrySendError::Full(_)) => {
+                        Err(mpsc::error::TrySendError::Full(message)) => {
                             debug!("slow consumer detected for subscription {}", sid);
+                            // PATCHED: a request (a message with a reply subject)
+                            // to a service endpoint gets an immediate 503 instead
+                            // of silence; anything else is dropped as before.
+                            if let (true, Some(reply)) =
+                                (subscription.reply_on_overflow, message.reply)
+                            {
+                                if let Some(not_logged) = overflow_reply_log_budget() {
+                                    warn!(
+                                        sid,
+                                        subject = %subscription.subject,
+                                        more_not_logged = not_logged,
+                                        "subscription buffer full: answering a request on `{}` with 503",
+                                        subscription.subject
+                                    );
+                                }
+                                self.connector
+                                    .connect_stats
+                                    .out_messages
+                                    .add(1, Ordering::Relaxed);
+                                self.connection.enqueue_write_op(&overflow_reply(reply));
+                                self.overflow_replies_queued = true;
+                            }
                             self.connector
                                 .events_tx
                                 .try_send(Event::SlowConsumer(sid))
@@ -869,6 +923,7 @@ impl ConnectionHandler {
                 subject,
                 queue_group,
                 sender,
+                reply_on_overflow,
             } => {
                 let subscription = Subscription {
                     sender,
@@ -876,6 +931,7 @@ impl ConnectionHandler {
                     max: None,
                     subject: subject.to_owned(),
                     queue_group: queue_group.to_owned(),
+                    reply_on_overflow,
                 };
 
                 self.subscriptions.insert(sid, subscription);
@@ -1017,6 +1073,52 @@ impl ConnectionHandler {
             });
         }
         Ok(())
+    }
+}
+
+/// PATCHED: the `Nats-Service-Error-Code` of an [`overflow_reply`].
+const OVERFLOW_REPLY_CODE: &str = "503";
+
+/// PATCHED: the `Nats-Service-Error` of an [`overflow_reply`]: `code: message`,
+/// as the messaging-core framework of this workspace writes its own 503s.
+const OVERFLOW_REPLY_DESCRIPTION: &str =
+    "unavailable: overloaded: the service's request buffer is full, retry later";
+
+/// PATCHED: the reply to a request that a service endpoint's full
+/// subscription buffer could not take: a NATS services (ADR-32) error, the
+/// two `Nats-Service-Error*` headers and an empty body.
+fn overflow_reply(reply: Subject) -> ClientOp {
+    let mut headers = HeaderMap::new();
+    // Constant, valid header values: these conversions cannot fail.
+    headers.insert("Nats-Service-Error", OVERFLOW_REPLY_DESCRIPTION);
+    headers.insert("Nats-Service-Error-Code", OVERFLOW_REPLY_CODE);
+    ClientOp::Publish {
+        subject: reply,
+        payload: Bytes::new(),
+        respond: None,
+        headers: Some(headers),
+    }
+}
+
+/// PATCHED: `Some(overflow replies not logged since the last line)` at most
+/// once a second (a flood of requests can overflow at broker speed).
+fn overflow_reply_log_budget() -> Option<u64> {
+    use std::sync::atomic::AtomicU64;
+    static LAST_SECOND: AtomicU64 = AtomicU64::new(0);
+    static HELD_BACK: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST_SECOND.load(Ordering::Relaxed);
+    if last != now
+        && LAST_SECOND
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        Some(HELD_BACK.swap(0, Ordering::Relaxed))
+    } else {
+        HELD_BACK.fetch_add(1, Ordering::Relaxed);
+        None
     }
 }
 

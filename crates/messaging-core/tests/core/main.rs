@@ -3,6 +3,7 @@
 mod consumers;
 mod declarations;
 mod durability;
+mod overflow;
 mod replication;
 mod serving;
 mod tables;

@@ -907,9 +907,11 @@ impl EndpointBuilder {
             .name
             .clone()
             .unwrap_or_else(|| subject.clone().replace('.', "-"));
+        // PATCHED: a request the endpoint's full buffer cannot take is
+        // answered `503` at once instead of timing out (see PATCHED.md).
         let requests = self
             .client
-            .queue_subscribe(subject.to_owned(), self.queue_group.to_string())
+            .queue_subscribe_with(subject.to_owned(), self.queue_group.to_string(), true)
             .await?;
         debug!("created service for endpoint {subject}");
 
