@@ -441,6 +441,15 @@ async fn is_genuine(
     }
 }
 
+/// The schedule that published `message`, if a schedule did.
+fn scheduled_by(message: &Message) -> Option<&str> {
+    message
+        .headers
+        .as_ref()?
+        .get(async_nats::header::NATS_SCHEDULER)
+        .map(|value| value.as_str())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -459,13 +468,4 @@ mod tests {
         assert_eq!(ms(0), 100, "an unknown count is a first delivery");
         assert_eq!(ms(i64::MAX), 1_000);
     }
-}
-
-/// The schedule that published `message`, if a schedule did.
-fn scheduled_by(message: &Message) -> Option<&str> {
-    message
-        .headers
-        .as_ref()?
-        .get(async_nats::header::NATS_SCHEDULER)
-        .map(|value| value.as_str())
 }

@@ -505,6 +505,30 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
     where
         E: From<StoreError>,
     {
+        let nothing = || async { Ok::<(), StoreError>(()) };
+        self.modify_observing(key, nothing, |value, ()| decide(value))
+            .await
+    }
+
+    /// [`Table::modify`], with something else read between knowing the
+    /// key's value and deciding: `observe` runs *after* the value of `key`
+    /// is known (cached or read), and the change is written only if `key`
+    /// is still at that value. So what `observe` saw is at least as new as
+    /// the value decided on, and a change that others make to `key` after
+    /// they changed what `observe` reads is never missed.
+    ///
+    /// This lets one record guard other keys: a product's record and its
+    /// holds (whoever settles a hold writes the hold, then the record).
+    pub async fn modify_observing<T, E, O, Fut>(
+        &self,
+        key: &str,
+        observe: impl Fn() -> Fut,
+        mut decide: impl FnMut(Option<&V>, O) -> Result<Change<V, T>, E>,
+    ) -> Result<T, E>
+    where
+        E: From<StoreError>,
+        Fut: std::future::Future<Output = Result<O, StoreError>>,
+    {
         let _local_turn = self.stripes[stripe_of(key)].lock().await;
         let mut cached = self.cache.lock().expect("cache lock").get(key).cloned();
         for _ in 0..MAX_ATTEMPTS {
@@ -518,7 +542,8 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
             // value, or refusing the change) are made again on a fresh read
             // before they are returned. Another instance may have released
             // the stock or advanced the order that this cache says is not.
-            let change = match decide(current.as_ref().map(|c| &c.value)) {
+            let observed = observe().await?;
+            let change = match decide(current.as_ref().map(|c| &c.value), observed) {
                 Err(_) if from_cache => continue,
                 decided => decided?,
             };
@@ -569,33 +594,46 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
                 Changes::Keep(result) | Changes::Write(_, result) => Ok(result),
             };
         };
-        let _local_turn = self.stripes[stripe_of(first)].lock().await;
-        let mut use_cache = true;
+        let stripe = &self.stripes[stripe_of(first)];
+        // Values read outside the turn, to decide on first in the next one.
+        let mut read: Option<Vec<Option<Versioned<V>>>> = None;
+        let mut unread = true;
         for _ in 0..MAX_ATTEMPTS {
-            let mut current = Vec::with_capacity(keys.len());
-            let mut from_cache = false;
-            for key in keys {
-                let cached = use_cache
-                    .then(|| self.cache.lock().expect("cache lock").get(*key).cloned())
-                    .flatten();
-                from_cache |= cached.is_some();
-                current.push(match cached {
-                    Some(seen) => Some(seen),
-                    None => self.get(key).await?,
-                });
-            }
-            use_cache = false;
+            let local_turn = stripe.lock().await;
+            // The first attempt reads nothing: each key is what this process
+            // last saw, or presumed absent (a new hold, say). A write from
+            // there proves it right, or fails its compare-and-set; any other
+            // decision is made again on fresh reads.
+            let (current, from_cache) = match read.take() {
+                Some(current) => (current, false),
+                None if std::mem::take(&mut unread) => {
+                    let mut cache = self.cache.lock().expect("cache lock");
+                    let current = keys.iter().map(|key| cache.get(*key).cloned()).collect();
+                    (current, true)
+                }
+                None => (self.read_all(keys).await?, false),
+            };
             let values: Vec<Option<&V>> = current
                 .iter()
                 .map(|c| c.as_ref().map(|c| &c.value))
                 .collect();
-            // As in `modify`: only a write proves a cached value current.
+            // As in `modify`: only a write proves a cached value current. A
+            // refusal (a product sold out) is checked again outside the
+            // turn: refusals need not queue behind each other.
             let change = match decide(&values) {
-                Err(_) if from_cache => continue,
+                Err(_) if from_cache => {
+                    drop(local_turn);
+                    read = Some(self.read_all(keys).await?);
+                    continue;
+                }
                 decided => decided?,
             };
             let (writes, result) = match change {
-                Changes::Keep(_) if from_cache => continue,
+                Changes::Keep(_) if from_cache => {
+                    drop(local_turn);
+                    read = Some(self.read_all(keys).await?);
+                    continue;
+                }
                 Changes::Keep(result) => return Ok(result),
                 Changes::Write(writes, result) => (writes, result),
             };
@@ -618,6 +656,11 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
             }
         }
         Err(StoreError::Conflict(first.to_string()).into())
+    }
+
+    /// The current value of every key, read at once.
+    async fn read_all(&self, keys: &[&str]) -> Result<Vec<Option<Versioned<V>>>, StoreError> {
+        futures::future::try_join_all(keys.iter().map(|key| self.get(key))).await
     }
 
     /// Writes every `(key, value, expected revision)` or none; `0` expects

@@ -99,9 +99,10 @@ pub async fn hold_due(
     event: HoldDue,
 ) -> Result<(), EventError> {
     let (order_id, product_id) = (event.order_id, event.product_id);
-    match catalogue.hold(order_id, product_id).await? {
+    // Whatever a crash left half done on this hold is finished first.
+    match catalogue.repair(order_id, product_id).await? {
         Some(hold) if hold.state == HoldState::Held => {}
-        // Settled meanwhile, or never written (the reserve was refused).
+        // Settled meanwhile, or never made (the reserve was refused).
         _ => return Ok(()),
     }
     let release = match ctx.request(&GetOrder { id: order_id }).await {

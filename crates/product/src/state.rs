@@ -3,23 +3,34 @@
 //! and each hold (one key per order and product, `<product>.<order>`), so
 //! a product with 100,000 pending holds is still one small record.
 //!
-//! Invariants, kept by writing the product and its hold **together**, in
-//! one atomic batch with a compare-and-set on each ([`Table::modify_keys`]),
-//! so that they hold across concurrent handlers, across instances of the
-//! module, and whatever dies when:
-//! * `held` is the sum of the holds that are still `held`, and never
+//! A reservation or a settlement changes two keys: the product's counts and
+//! the hold. Each is one plain compare-and-set, product first; the product
+//! record notes the change as **pending** for that order until the hold is
+//! known written. So whatever dies when, the record says what is left to
+//! do, and whoever comes next for that hold (a retry, a redelivered event,
+//! the hold's deadline: see [`Catalogue::repair`]) finishes it. (An atomic
+//! batch of both keys would say it in one write, but a single server syncs
+//! every batch to disk: one fsync per reservation, measured 2.3 ms against
+//! 0.17 ms for a compare-and-set.)
+//!
+//! Invariants, across concurrent handlers and instances of the module:
+//! * `held` counts every hold still `held` (written or pending) and never
 //!   exceeds the stock on hand: `available = on_hand - held` never goes
 //!   negative and concurrent orders never oversell;
 //! * a hold is settled once: committing takes its quantity off the stock on
 //!   hand, releasing gives it back; either way the hold stays, settled, so
-//!   a duplicated event finds it settled and changes nothing.
+//!   a duplicated event finds it settled and changes nothing;
+//! * the pending changes of a record are only those in flight or left by a
+//!   crash: each is dropped once its hold is written (at this process's next
+//!   change of the product, or by the hold's repair).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 
 use contract::order::OrderId;
 use contract::product::{Product, ProductId, Reservation};
 use contract::values::{Name, Quantity};
-use messaging_core::store::{Changes, StoreError, Table};
+use messaging_core::store::{Change, StoreError, Table};
 use messaging_core::Setup;
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +43,10 @@ pub struct ProductRecord {
     /// The quantity of its holds still `held`.
     #[serde(default)]
     pub held: u32,
+    /// Changes of holds already counted here whose hold key may not be
+    /// written yet, by order.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pending: BTreeMap<OrderId, HoldRecord>,
     /// Holds as earlier versions kept them, inside the record: still
     /// counted and settled, never added to.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -67,7 +82,7 @@ pub enum HoldState {
 }
 
 /// One order's hold on one product.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HoldRecord {
     pub quantity: u32,
     pub state: HoldState,
@@ -118,6 +133,15 @@ pub enum Settlement {
     Release,
 }
 
+impl Settlement {
+    fn state(self) -> HoldState {
+        match self {
+            Settlement::Commit => HoldState::Committed,
+            Settlement::Release => HoldState::Released,
+        }
+    }
+}
+
 /// The outcome of settling an order's reservation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settled {
@@ -127,11 +151,32 @@ pub enum Settled {
     AlreadyDone(Product),
 }
 
+/// What is left to do after the first step of a settlement.
+#[derive(Debug)]
+enum Step {
+    /// Nothing to do: the product as it is.
+    Done(Product),
+    /// The counts changed here; write the hold.
+    Applied(Product, HoldRecord),
+    /// The counts changed before (pending): write the hold.
+    Finish(Product, HoldRecord),
+    /// A legacy hold, settled inside the record.
+    Legacy(Product),
+}
+
+/// How many products' written holds a process remembers, to drop them
+/// from the pending changes at its next change of the product.
+const WRITTEN_PRODUCTS: usize = 16_384;
+
 /// All products and their holds.
 pub struct Catalogue {
     table: Table<Entry>,
     /// How long a hold may wait for its order to be stored.
     hold_timeout: std::time::Duration,
+    /// Holds this process wrote (as written) whose pending change may still
+    /// be in their product's record (a std mutex: never held across an
+    /// await).
+    written: Mutex<lru::LruCache<ProductId, HashMap<OrderId, HoldRecord>>>,
 }
 
 /// The key of the hold of `order` on `product`.
@@ -139,41 +184,36 @@ fn hold_key(product: ProductId, order: OrderId) -> String {
     format!("{product}.{order}")
 }
 
-/// The entries read for `product` and one of its holds, as typed.
-fn product_and_hold<'a>(
-    entries: &[Option<&'a Entry>],
-) -> Result<(Option<&'a ProductRecord>, Option<&'a HoldRecord>), StoreError> {
-    let product = match entries[0] {
-        None => None,
-        Some(Entry::Product(product)) => Some(product),
-        Some(Entry::Hold(_)) => return Err(misplaced("a hold where a product belongs")),
-    };
-    let hold = match entries[1] {
-        None => None,
-        Some(Entry::Hold(hold)) => Some(hold),
-        Some(Entry::Product(_)) => return Err(misplaced("a product where a hold belongs")),
-    };
-    Ok((product, hold))
-}
-
 fn misplaced(what: &str) -> StoreError {
     StoreError::Unavailable(format!("the products table holds {what}"))
 }
 
+fn as_product(entry: Option<&Entry>) -> Result<Option<&ProductRecord>, StoreError> {
+    match entry {
+        None => Ok(None),
+        Some(Entry::Product(product)) => Ok(Some(product)),
+        Some(Entry::Hold(_)) => Err(misplaced("a hold where a product belongs")),
+    }
+}
+
 impl Catalogue {
+    fn with_table(table: Table<Entry>, hold_timeout: std::time::Duration) -> Self {
+        let capacity = std::num::NonZeroUsize::new(WRITTEN_PRODUCTS).expect("non-zero");
+        Self {
+            table,
+            hold_timeout,
+            written: Mutex::new(lru::LruCache::new(capacity)),
+        }
+    }
+
     pub async fn open(setup: &Setup) -> Result<Self, StoreError> {
-        Ok(Self {
-            table: setup.table("products", None).await?,
-            hold_timeout: setup.options().deadline,
-        })
+        let table = setup.table("products", None).await?;
+        Ok(Self::with_table(table, setup.options().deadline))
     }
 
     /// A catalogue in memory (for unit tests).
     pub fn in_memory() -> Self {
-        Self {
-            table: Table::in_memory(),
-            hold_timeout: messaging_core::DEFAULT_DEADLINE,
-        }
+        Self::with_table(Table::in_memory(), messaging_core::DEFAULT_DEADLINE)
     }
 
     /// How long a hold may wait for its order before it is looked at.
@@ -193,27 +233,27 @@ impl Catalogue {
             name,
             on_hand: stock.get(),
             held: 0,
+            pending: BTreeMap::new(),
             holds: BTreeMap::new(),
         };
-        match self
+        let stored = self
             .table
             .create_or_get(&id.to_string(), Entry::Product(record))
-            .await?
-        {
-            Entry::Product(stored) => Ok(stored.view()),
-            Entry::Hold(_) => Err(misplaced("a hold where a product belongs")),
-        }
+            .await?;
+        Ok(as_product(Some(&stored))?.expect("just read").view())
     }
 
     pub async fn get(&self, id: ProductId) -> Result<Option<Product>, StoreError> {
-        match self.table.get(&id.to_string()).await?.map(|v| v.value) {
-            None => Ok(None),
-            Some(Entry::Product(record)) => Ok(Some(record.view())),
-            Some(Entry::Hold(_)) => Err(misplaced("a hold where a product belongs")),
-        }
+        let entry = self.table.get(&id.to_string()).await?.map(|v| v.value);
+        Ok(as_product(entry.as_ref())?.map(ProductRecord::view))
     }
 
-    /// The hold of `order_id` on `product_id`, if there is one.
+    async fn record(&self, id: ProductId) -> Result<Option<ProductRecord>, StoreError> {
+        let entry = self.table.get(&id.to_string()).await?.map(|v| v.value);
+        Ok(as_product(entry.as_ref())?.cloned())
+    }
+
+    /// The hold of `order_id` on `product_id` as written, if it is.
     pub async fn hold(
         &self,
         order_id: OrderId,
@@ -228,8 +268,99 @@ impl Catalogue {
         }
     }
 
+    /// Writes the hold (the second step of a change), then notes it
+    /// written, so that this process's next change of the product drops
+    /// its pending change.
+    async fn write_hold(
+        &self,
+        order_id: OrderId,
+        product_id: ProductId,
+        hold: HoldRecord,
+    ) -> Result<(), StoreError> {
+        let key = hold_key(product_id, order_id);
+        let entry = Entry::Hold(hold);
+        match hold.state {
+            // A new hold: created once (a racing retry wrote the same).
+            HoldState::Held => match self.table.create(&key, &entry).await {
+                Ok(_) | Err(StoreError::Exists(_)) => {}
+                Err(err) => return Err(err),
+            },
+            // Every writer of a settlement writes the one its pending
+            // change says: the same value.
+            _ => {
+                self.table.put(&key, &entry).await?;
+            }
+        }
+        let mut written = self.written.lock().expect("written lock");
+        written
+            .get_or_insert_mut(product_id, HashMap::new)
+            .insert(order_id, hold);
+        Ok(())
+    }
+
+    /// The holds on `product` this process wrote, as it wrote them.
+    fn written_holds(&self, product: ProductId) -> HashMap<OrderId, HoldRecord> {
+        let mut written = self.written.lock().expect("written lock");
+        written.get(&product).cloned().unwrap_or_default()
+    }
+
+    /// Forgets the written holds no longer pending in `record`.
+    fn forget_written(&self, record: &ProductRecord) {
+        let mut written = self.written.lock().expect("written lock");
+        if let Some(orders) = written.get_mut(&record.id) {
+            orders.retain(|order, hold| record.pending.get(order) == Some(hold));
+            if orders.is_empty() {
+                written.pop(&record.id);
+            }
+        }
+    }
+
+    /// Changes the product record with `decide` (compare-and-set), given
+    /// the hold of `order_id` as written, read *after* the record's value
+    /// is known (see `Table::modify_observing`): a hold written and then
+    /// dropped from the pending changes before the change is written makes
+    /// the write fail and the decision be made again, never missed. Drops
+    /// from the pending changes those whose holds this process wrote.
+    /// `None` if the product does not exist.
+    async fn change_product<T, E>(
+        &self,
+        product_id: ProductId,
+        order_id: OrderId,
+        mut decide: impl FnMut(&mut ProductRecord, Option<HoldRecord>) -> Result<T, E>,
+    ) -> Result<Option<T>, E>
+    where
+        E: From<StoreError>,
+    {
+        let written = self.written_holds(product_id);
+        let observe = || self.hold(order_id, product_id);
+        let changed = self
+            .table
+            .modify_observing::<_, E, _, _>(&product_id.to_string(), observe, |entry, hold| {
+                let Some(record) = as_product(entry).map_err(E::from)? else {
+                    return Ok(Change::Keep(None));
+                };
+                let mut next = record.clone();
+                // Only a change whose very hold was written: a settlement
+                // noted after its hold was written held stays.
+                next.pending
+                    .retain(|order, pending| written.get(order) != Some(pending));
+                let result = decide(&mut next, hold)?;
+                if next == *record {
+                    Ok(Change::Keep(Some((result, next))))
+                } else {
+                    let entry = Entry::Product(next.clone());
+                    Ok(Change::Write(entry, Some((result, next))))
+                }
+            })
+            .await?;
+        Ok(changed.map(|(result, stored)| {
+            self.forget_written(&stored);
+            result
+        }))
+    }
+
     /// Holds `quantity` of `product_id` for `order_id`, if that much is
-    /// available: the product's `held` and the new hold, in one write.
+    /// available: counted in the product (pending), then written.
     pub async fn reserve(
         &self,
         order_id: OrderId,
@@ -237,105 +368,164 @@ impl Catalogue {
         quantity: Quantity,
     ) -> Result<Reservation, ReserveError> {
         let wanted = quantity.get();
-        let keys = [product_id.to_string(), hold_key(product_id, order_id)];
-        let keys = [keys[0].as_str(), keys[1].as_str()];
-        self.table
-            .modify_keys(&keys, |entries| {
-                let (Some(record), hold) = product_and_hold(entries)? else {
-                    return Err(ReserveError::UnknownProduct);
-                };
-                let legacy = record.holds.get(&order_id).copied();
-                match (hold, legacy) {
-                    // A retried reserve for the same order gets the same answer.
-                    (
-                        Some(HoldRecord {
-                            quantity,
-                            state: HoldState::Held,
-                        }),
-                        _,
-                    ) if *quantity == wanted => return Ok(Changes::Keep(())),
-                    (None, Some(held)) if held == wanted => return Ok(Changes::Keep(())),
-                    (
-                        Some(HoldRecord {
-                            quantity,
-                            state: HoldState::Held,
-                        }),
-                        _,
-                    ) => return Err(ReserveError::OrderAlreadyReserved(*quantity)),
-                    (Some(hold), _) => return Err(ReserveError::AlreadySettled(hold.state)),
-                    (None, Some(held)) => return Err(ReserveError::OrderAlreadyReserved(held)),
-                    (None, None) => {}
-                }
-                let available = record.on_hand - record.held();
-                if wanted > available {
-                    return Err(ReserveError::InsufficientStock { available });
-                }
-                let mut next = record.clone();
-                next.held += wanted;
-                let hold = HoldRecord {
-                    quantity: wanted,
-                    state: HoldState::Held,
-                };
-                Ok(Changes::Write(
-                    vec![(0, Entry::Product(next)), (1, Entry::Hold(hold))],
-                    (),
-                ))
-            })
-            .await?;
-        Ok(Reservation {
+        let reservation = Reservation {
             order_id,
             product_id,
             quantity,
-        })
+        };
+        let held = HoldRecord {
+            quantity: wanted,
+            state: HoldState::Held,
+        };
+        if self.count_reservation(order_id, product_id, held).await? {
+            self.write_hold(order_id, product_id, held).await?;
+        }
+        Ok(reservation)
     }
 
-    /// Commits or releases the hold of `order_id` on `product_id`: the
-    /// product's counts and the hold's state, in one write.
+    /// The first step of a reservation: counted in the product, noted
+    /// pending. Whether the hold is then to be written (not for a legacy
+    /// one, nor for one written before: a retry).
+    async fn count_reservation(
+        &self,
+        order_id: OrderId,
+        product_id: ProductId,
+        held: HoldRecord,
+    ) -> Result<bool, ReserveError> {
+        let wanted = held.quantity;
+        self.change_product(product_id, order_id, |record, written| {
+            // A reservation made before (a retry) is answered from its hold.
+            match written {
+                Some(hold) if hold == held => return Ok(false),
+                Some(HoldRecord {
+                    state: HoldState::Held,
+                    quantity,
+                }) => return Err(ReserveError::OrderAlreadyReserved(quantity)),
+                Some(hold) => return Err(ReserveError::AlreadySettled(hold.state)),
+                None => {}
+            }
+            match record.pending.get(&order_id) {
+                // Counted already (a racing retry): write it, as it does.
+                Some(&pending) if pending == held => return Ok(true),
+                Some(HoldRecord {
+                    state: HoldState::Held,
+                    quantity,
+                }) => return Err(ReserveError::OrderAlreadyReserved(*quantity)),
+                Some(pending) => return Err(ReserveError::AlreadySettled(pending.state)),
+                None => {}
+            }
+            match record.holds.get(&order_id) {
+                Some(&legacy) if legacy == wanted => return Ok(false),
+                Some(&legacy) => return Err(ReserveError::OrderAlreadyReserved(legacy)),
+                None => {}
+            }
+            let available = record.on_hand - record.held();
+            if wanted > available {
+                return Err(ReserveError::InsufficientStock { available });
+            }
+            record.held += wanted;
+            record.pending.insert(order_id, held);
+            Ok(true)
+        })
+        .await?
+        .ok_or(ReserveError::UnknownProduct)
+    }
+
+    /// Commits or releases the hold of `order_id` on `product_id`: counted
+    /// in the product (pending), then written on the hold.
     pub async fn settle(
         &self,
         order_id: OrderId,
         product_id: ProductId,
         how: Settlement,
     ) -> Result<Option<Settled>, StoreError> {
-        let keys = [product_id.to_string(), hold_key(product_id, order_id)];
-        let keys = [keys[0].as_str(), keys[1].as_str()];
-        self.table
-            .modify_keys(&keys, |entries| {
-                let (Some(record), hold) = product_and_hold(entries)? else {
-                    return Ok(Changes::Keep(None));
-                };
-                let mut next = record.clone();
-                let mut writes = Vec::new();
-                match hold {
-                    Some(hold) if hold.state == HoldState::Held => {
-                        next.held -= hold.quantity;
-                        if how == Settlement::Commit {
-                            next.on_hand -= hold.quantity;
-                        }
-                        let state = match how {
-                            Settlement::Commit => HoldState::Committed,
-                            Settlement::Release => HoldState::Released,
-                        };
-                        let settled = HoldRecord {
-                            quantity: hold.quantity,
-                            state,
-                        };
-                        writes.push((1, Entry::Hold(settled)));
-                    }
-                    Some(_) => return Ok(Changes::Keep(Some(Settled::AlreadyDone(record.view())))),
-                    None => match next.holds.remove(&order_id) {
-                        Some(quantity) if how == Settlement::Commit => next.on_hand -= quantity,
-                        Some(_) => {}
-                        None => {
-                            return Ok(Changes::Keep(Some(Settled::AlreadyDone(record.view()))))
-                        }
-                    },
+        let step = self.count_settlement(order_id, product_id, how).await?;
+        let Some(step) = step else {
+            return Ok(None);
+        };
+        match step {
+            Step::Done(product) => Ok(Some(Settled::AlreadyDone(product))),
+            Step::Legacy(product) => Ok(Some(Settled::Applied(product))),
+            Step::Applied(product, hold) => {
+                self.write_hold(order_id, product_id, hold).await?;
+                Ok(Some(Settled::Applied(product)))
+            }
+            Step::Finish(product, hold) => {
+                self.write_hold(order_id, product_id, hold).await?;
+                Ok(Some(Settled::AlreadyDone(product)))
+            }
+        }
+    }
+
+    /// The first step of a settlement: counted in the product, noted
+    /// pending. `None` for an unknown product.
+    async fn count_settlement(
+        &self,
+        order_id: OrderId,
+        product_id: ProductId,
+        how: Settlement,
+    ) -> Result<Option<Step>, StoreError> {
+        self.change_product(product_id, order_id, |record, written| {
+            let counted = record.pending.get(&order_id).copied().or(written);
+            let quantity = match counted {
+                Some(HoldRecord {
+                    state: HoldState::Held,
+                    quantity,
+                }) => quantity,
+                // Settled, by a settlement whose hold may not be
+                // written yet (ours before a crash, or a racing one).
+                Some(settled) if record.pending.contains_key(&order_id) => {
+                    return Ok::<_, StoreError>(Step::Finish(record.view(), settled))
                 }
-                let product = next.view();
-                writes.insert(0, (0, Entry::Product(next)));
-                Ok(Changes::Write(writes, Some(Settled::Applied(product))))
-            })
-            .await
+                Some(_) => return Ok(Step::Done(record.view())),
+                None => {
+                    let Some(quantity) = record.holds.remove(&order_id) else {
+                        return Ok(Step::Done(record.view()));
+                    };
+                    if how == Settlement::Commit {
+                        record.on_hand -= quantity;
+                    }
+                    return Ok(Step::Legacy(record.view()));
+                }
+            };
+            record.held -= quantity;
+            if how == Settlement::Commit {
+                record.on_hand -= quantity;
+            }
+            let settled = HoldRecord {
+                quantity,
+                state: how.state(),
+            };
+            record.pending.insert(order_id, settled);
+            Ok(Step::Applied(record.view(), settled))
+        })
+        .await
+    }
+
+    /// Finishes whatever a crash left of the hold of `order_id` on
+    /// `product_id` (a change counted in the product, its hold not
+    /// written), drops it from the pending changes, and returns the hold
+    /// as it now is. The hold's deadline calls it before deciding.
+    pub async fn repair(
+        &self,
+        order_id: OrderId,
+        product_id: ProductId,
+    ) -> Result<Option<HoldRecord>, StoreError> {
+        let Some(record) = self.record(product_id).await? else {
+            return Ok(None);
+        };
+        let Some(&pending) = record.pending.get(&order_id) else {
+            return self.hold(order_id, product_id).await;
+        };
+        let written = self.hold(order_id, product_id).await?;
+        if written != Some(pending) {
+            self.write_hold(order_id, product_id, pending).await?;
+        }
+        // Written: the pending change goes at this process's next change
+        // of the product; now, so that the record is clean.
+        self.change_product(product_id, order_id, |_, _| Ok::<_, StoreError>(()))
+            .await?;
+        Ok(Some(pending))
     }
 }
 
@@ -415,5 +605,128 @@ mod tests {
         assert_eq!(again.quantity, q(3));
         let now = catalogue.get(product.id).await.unwrap().unwrap();
         assert_eq!((now.stock, now.available), (10, 7));
+    }
+}
+
+#[cfg(test)]
+mod crash_tests {
+    //! A crash between the two writes of a change: the first step alone,
+    //! then whoever comes next for the hold finishes it, once.
+
+    use super::*;
+
+    fn q(n: u32) -> Quantity {
+        Quantity::new(n).unwrap()
+    }
+
+    async fn widget(catalogue: &Catalogue, stock: u32) -> ProductId {
+        let name = Name::parse("Widget").unwrap();
+        let product = catalogue.create(ProductId::new(), name, q(stock)).await;
+        product.unwrap().id
+    }
+
+    async fn counts(catalogue: &Catalogue, product: ProductId) -> (u32, u32) {
+        let now = catalogue.get(product).await.unwrap().unwrap();
+        (now.stock, now.available)
+    }
+
+    fn held(quantity: u32) -> HoldRecord {
+        HoldRecord {
+            quantity,
+            state: HoldState::Held,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reservation_counted_but_not_written_is_finished_by_its_retry_or_its_repair() {
+        let catalogue = Catalogue::in_memory();
+        let product = widget(&catalogue, 10).await;
+        let (a, b) = (OrderId::new(), OrderId::new());
+        // Both die after counting.
+        assert!(catalogue
+            .count_reservation(a, product, held(3))
+            .await
+            .unwrap());
+        assert!(catalogue
+            .count_reservation(b, product, held(2))
+            .await
+            .unwrap());
+        assert_eq!(counts(&catalogue, product).await, (10, 5), "counted");
+        assert_eq!(catalogue.hold(a, product).await.unwrap(), None);
+
+        // a's retry writes the hold and counts nothing again.
+        catalogue.reserve(a, product, q(3)).await.unwrap();
+        assert_eq!(catalogue.hold(a, product).await.unwrap(), Some(held(3)));
+        assert_eq!(counts(&catalogue, product).await, (10, 5));
+        // b's deadline repairs it: written, no longer pending.
+        assert_eq!(catalogue.repair(b, product).await.unwrap(), Some(held(2)));
+        assert_eq!(catalogue.hold(b, product).await.unwrap(), Some(held(2)));
+        let record = catalogue.record(product).await.unwrap().unwrap();
+        assert!(!record.pending.contains_key(&b), "{record:?}");
+        assert_eq!(counts(&catalogue, product).await, (10, 5));
+
+        // Released once, however often.
+        for _ in 0..2 {
+            catalogue
+                .settle(b, product, Settlement::Release)
+                .await
+                .unwrap();
+        }
+        assert_eq!(counts(&catalogue, product).await, (10, 7));
+    }
+
+    #[tokio::test]
+    async fn a_settlement_counted_but_not_written_is_finished_once_whoever_comes_next() {
+        let catalogue = Catalogue::in_memory();
+        let product = widget(&catalogue, 10).await;
+        let order = OrderId::new();
+        catalogue.reserve(order, product, q(4)).await.unwrap();
+
+        // The release dies after counting: available is back, the hold
+        // still says held.
+        let step = catalogue
+            .count_settlement(order, product, Settlement::Release)
+            .await
+            .unwrap();
+        assert!(matches!(step, Some(Step::Applied(..))), "{step:?}");
+        assert_eq!(counts(&catalogue, product).await, (10, 10));
+        assert_eq!(catalogue.hold(order, product).await.unwrap(), Some(held(4)));
+
+        // A commit racing in (it must not happen, but if it does) finishes
+        // the release instead of applying itself; the release's
+        // redelivery then finds it done.
+        let commit = catalogue
+            .settle(order, product, Settlement::Commit)
+            .await
+            .unwrap();
+        assert!(
+            matches!(commit, Some(Settled::AlreadyDone(_))),
+            "{commit:?}"
+        );
+        let released = HoldRecord {
+            quantity: 4,
+            state: HoldState::Released,
+        };
+        assert_eq!(
+            catalogue.hold(order, product).await.unwrap(),
+            Some(released)
+        );
+        let again = catalogue
+            .settle(order, product, Settlement::Release)
+            .await
+            .unwrap();
+        assert!(matches!(again, Some(Settled::AlreadyDone(_))), "{again:?}");
+        assert_eq!(counts(&catalogue, product).await, (10, 10));
+
+        // The next change of the product drops what this process wrote.
+        let other = OrderId::new();
+        catalogue.reserve(other, product, q(1)).await.unwrap();
+        let record = catalogue.record(product).await.unwrap().unwrap();
+        assert!(!record.pending.contains_key(&order), "{record:?}");
+        // A reserve for the settled order is refused.
+        assert_eq!(
+            catalogue.reserve(order, product, q(4)).await,
+            Err(ReserveError::AlreadySettled(HoldState::Released))
+        );
     }
 }

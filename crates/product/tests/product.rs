@@ -347,11 +347,14 @@ async fn many_holds_leave_the_product_record_as_small_as_one() {
     let with_one = stored_record_len(&app, product.id).await;
 
     // Each hold is a key of its own next to the product: reserving more
-    // rewrites a record that does not grow (only its counter's digits).
-    for wave in 0..(HOLDS - 1) / 100 + 1 {
-        let n = (HOLDS - 1 - wave * 100).min(100);
+    // rewrites a record that does not grow with them. It notes only the
+    // holds in flight (counted, not yet known written), dropped at the next
+    // change: after a hundred at once, one more leaves one, as at first.
+    for wave in 0..(HOLDS - 2) / 100 + 1 {
+        let n = (HOLDS - 2 - wave * 100).min(100);
         futures::future::join_all((0..n).map(|_| app.reserve(product.id, 1))).await;
     }
+    app.reserve(product.id, 1).await;
     let with_many = stored_record_len(&app, product.id).await;
     assert!(
         with_many <= with_one + 3,

@@ -54,7 +54,8 @@ async fn five_hundred_orders_on_a_stock_of_one_hundred(instances: usize) {
             .unwrap_or_else(|| panic!("not a structured error: {err}"));
         assert_eq!(
             (remote.status, remote.code.as_str()),
-            (409, "insufficient_stock")
+            (409, "insufficient_stock"),
+            "{remote}"
         );
     }
 
