@@ -633,6 +633,9 @@ impl Connection {
     }
 }
 
+/// One slow-consumer line a second, for the whole process.
+static SLOW_CONSUMER_LOG: crate::log_budget::LogBudget = crate::log_budget::LogBudget::new(1);
+
 fn log_event(event: async_nats::Event, closed: &watch::Sender<bool>) {
     use async_nats::Event::*;
     match event {
@@ -640,12 +643,17 @@ fn log_event(event: async_nats::Event, closed: &watch::Sender<bool>) {
             tracing::debug!("nats connection closed");
             closed.send_replace(true);
         }
-        // A full subscription channel drops messages: never silent.
+        // A full subscription channel drops messages (a request there is
+        // answered 503 by the client): never silent, but a flood of them is
+        // one line a second.
         SlowConsumer(sid) => {
-            tracing::warn!(
-                sid,
-                "slow consumer: messages were dropped for a subscription"
-            )
+            if let Some(more) = SLOW_CONSUMER_LOG.take() {
+                tracing::warn!(
+                    sid,
+                    more,
+                    "slow consumer: messages were dropped for a subscription (more: since the last line)"
+                )
+            }
         }
         Disconnected => tracing::warn!("disconnected from nats"),
         Connected => tracing::debug!("connected to nats"),

@@ -88,39 +88,13 @@ pub enum DeadLetterError {
 pub struct DeadLetters {
     table: Table<DeadLetter>,
     jetstream: jetstream::Context,
-    log: std::sync::Arc<LogBudget>,
+    log: std::sync::Arc<crate::log_budget::LogBudget>,
 }
 
 /// How many dead letters are logged one by one per second; beyond that they
 /// are counted, and the count is logged with the next line. A flood of junk
 /// events must not become a flood of log lines.
 const LOGGED_PER_SECOND: u32 = 10;
-
-/// A per-second budget of log lines.
-#[derive(Default)]
-struct LogBudget {
-    /// Start of the current second, lines logged in it, lines held back.
-    state: std::sync::Mutex<(Option<std::time::Instant>, u32, u64)>,
-}
-
-impl LogBudget {
-    /// `Some(held back since the last line)` if a line may be logged now.
-    fn take(&self) -> Option<u64> {
-        let mut state = self.state.lock().expect("log budget lock");
-        let (since, logged, held) = &mut *state;
-        let now = std::time::Instant::now();
-        if since.is_none_or(|s| now.duration_since(s) >= std::time::Duration::from_secs(1)) {
-            (*since, *logged) = (Some(now), 0);
-        }
-        if *logged < LOGGED_PER_SECOND {
-            *logged += 1;
-            Some(std::mem::take(held))
-        } else {
-            *held += 1;
-            None
-        }
-    }
-}
 
 impl DeadLetters {
     /// Opens the dead letters with the default [`crate::Limits`] (which
@@ -138,7 +112,7 @@ impl DeadLetters {
         Ok(Self {
             table: Table::open(client, storage, DEAD_LETTER_BUCKET, None, limits).await?,
             jetstream: jetstream::new(client.clone()),
-            log: Default::default(),
+            log: std::sync::Arc::new(crate::log_budget::LogBudget::new(LOGGED_PER_SECOND)),
         })
     }
 

@@ -28,6 +28,7 @@ mod error;
 mod events;
 mod idempotency;
 mod limits;
+mod log_budget;
 mod message;
 mod module;
 pub mod permissions;
