@@ -193,6 +193,11 @@ impl Event for OrderCancelled {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PaymentDue {
     pub order_id: OrderId,
+    /// This deadline found no order once already: it looks a second and
+    /// last time (an order stored late, after a broker freeze, still gets
+    /// its deadline).
+    #[serde(default)]
+    pub second_look: bool,
 }
 impl Event for PaymentDue {
     const SUBJECT: &'static str = PAYMENT_DUE;

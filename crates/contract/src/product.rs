@@ -149,6 +149,11 @@ impl Event for StockUpdated {
 pub struct HoldDue {
     pub order_id: OrderId,
     pub product_id: ProductId,
+    /// This deadline found no hold once already: it looks a second and
+    /// last time (a hold counted late, after a broker freeze, still gets
+    /// its deadline).
+    #[serde(default)]
+    pub second_look: bool,
 }
 impl Event for HoldDue {
     const SUBJECT: &'static str = HOLD_DUE;

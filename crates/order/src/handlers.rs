@@ -86,7 +86,10 @@ pub async fn place_order(
     // that exists always has one (a deadline for an order never stored
     // finds nothing to do; its hold has a deadline of its own).
     ctx.schedule_fact(
-        &PaymentDue { order_id: order.id },
+        &PaymentDue {
+            order_id: order.id,
+            second_look: false,
+        },
         &fact(order.id, "payment_due"),
         orders.payment_timeout(),
     )
@@ -194,7 +197,20 @@ pub async fn payment_due(
             tracing::debug!(order_id = %id, status = %record.order.status, "payment deadline of an order that went on");
             return Ok(());
         }
-        // Never stored (the placement died after scheduling it).
+        // Not stored: the placement died after scheduling it, or stores it
+        // late (its write held up in a frozen broker, which fires the
+        // deadline as soon as it runs again). One more look, a deadline
+        // later; then there is no order.
+        None if !event.second_look => {
+            let again = PaymentDue {
+                order_id: id,
+                second_look: true,
+            };
+            let fact = fact(id, "payment_due/second_look");
+            ctx.schedule_fact(&again, &fact, orders.payment_timeout())
+                .await?;
+            return Ok(());
+        }
         None => return Ok(()),
     }
     let reason = format!(

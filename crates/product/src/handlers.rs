@@ -45,24 +45,27 @@ pub async fn get_product(
 /// `product.reserve`: holds stock for an order, or refuses with a 404 or 409.
 ///
 /// Every hold has a deadline: scheduled on the broker before the hold is
-/// written, so no hold exists without one (see [`hold_due`]).
+/// counted (see [`hold_due`]).
 pub async fn reserve_stock(
     catalogue: Arc<Catalogue>,
     ctx: Context,
     request: ReserveStock,
 ) -> Result<Reservation, ServiceError> {
     let (order_id, product_id) = (request.order_id, request.product_id);
-    ctx.schedule_fact(
-        &HoldDue {
+    let deadline = || async {
+        let due = HoldDue {
             order_id,
             product_id,
-        },
-        &format!("hold/{product_id}/{order_id}/due"),
-        catalogue.hold_timeout(),
-    )
-    .await?;
+            second_look: false,
+        };
+        let fact = format!("hold/{product_id}/{order_id}/due");
+        ctx.schedule_fact(&due, &fact, catalogue.hold_timeout())
+            .await
+            .map(drop)
+            .map_err(|err| err.to_string())
+    };
     catalogue
-        .reserve(order_id, product_id, request.quantity)
+        .reserve(order_id, product_id, request.quantity, deadline)
         .await
         .map_err(|err| match err {
             ReserveError::UnknownProduct => {
@@ -82,6 +85,7 @@ pub async fn reserve_stock(
                     _ => "released",
                 }
             )),
+            ReserveError::NoDeadline(reason) => ServiceError::unavailable(reason),
             ReserveError::Store(err) => ServiceError::unavailable(err.0),
         })
 }
@@ -102,8 +106,22 @@ pub async fn hold_due(
     // Whatever a crash left half done on this hold is finished first.
     match catalogue.repair(order_id, product_id).await? {
         Some(hold) if hold.state == HoldState::Held => {}
-        // Settled meanwhile, or never made (the reserve was refused).
-        _ => return Ok(()),
+        // Settled meanwhile.
+        Some(_) => return Ok(()),
+        // Not counted: the reserve was refused, or is counted late (its
+        // write held up in a frozen broker, which fires the deadline as
+        // soon as it runs again). One more look, a deadline later.
+        None if !event.second_look => {
+            let again = HoldDue {
+                second_look: true,
+                ..event
+            };
+            let fact = format!("hold/{product_id}/{order_id}/due/second_look");
+            ctx.schedule_fact(&again, &fact, catalogue.hold_timeout())
+                .await?;
+            return Ok(());
+        }
+        None => return Ok(()),
     }
     let release = match ctx.request(&GetOrder { id: order_id }).await {
         Ok(order) => match order.status {
@@ -142,6 +160,7 @@ async fn wait_again(
         &HoldDue {
             order_id,
             product_id,
+            second_look: false,
         },
         &format!("hold/{product_id}/{order_id}/due/{after}"),
         catalogue.hold_timeout(),

@@ -109,6 +109,9 @@ pub enum ReserveError {
     /// The order's hold was committed or released already.
     #[error("the order's hold is already {0:?}")]
     AlreadySettled(HoldState),
+    /// The hold's deadline could not be scheduled: nothing was held.
+    #[error("no deadline for the hold: {0}")]
+    NoDeadline(String),
     #[error(transparent)]
     Store(#[from] StoreErrorText),
 }
@@ -149,6 +152,17 @@ pub enum Settled {
     Applied(Product),
     /// The order held nothing (already settled): nothing changed.
     AlreadyDone(Product),
+}
+
+/// How the first step of a reservation went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// Counted now, by this reservation.
+    Now,
+    /// Counted before, by the same reservation (a racing retry).
+    Before,
+    /// A legacy hold inside the record: nothing to write.
+    Legacy,
 }
 
 /// What is left to do after the first step of a settlement.
@@ -291,11 +305,16 @@ impl Catalogue {
                 self.table.put(&key, &entry).await?;
             }
         }
+        self.remember_written(product_id, order_id, hold);
+        Ok(())
+    }
+
+    /// Notes `hold` written, for this process's next change of the product.
+    fn remember_written(&self, product_id: ProductId, order_id: OrderId, hold: HoldRecord) {
         let mut written = self.written.lock().expect("written lock");
         written
             .get_or_insert_mut(product_id, HashMap::new)
             .insert(order_id, hold);
-        Ok(())
     }
 
     /// The holds on `product` this process wrote, as it wrote them.
@@ -316,7 +335,7 @@ impl Catalogue {
     }
 
     /// Changes the product record with `decide` (compare-and-set), given
-    /// the hold of `order_id` as written, read *after* the record's value
+    /// the hold of `order_id` (if given) as written, read *after* the record's value
     /// is known (see `Table::modify_observing`): a hold written and then
     /// dropped from the pending changes before the change is written makes
     /// the write fail and the decision be made again, never missed. Drops
@@ -325,14 +344,19 @@ impl Catalogue {
     async fn change_product<T, E>(
         &self,
         product_id: ProductId,
-        order_id: OrderId,
+        order_id: Option<OrderId>,
         mut decide: impl FnMut(&mut ProductRecord, Option<HoldRecord>) -> Result<T, E>,
     ) -> Result<Option<T>, E>
     where
         E: From<StoreError>,
     {
         let written = self.written_holds(product_id);
-        let observe = || self.hold(order_id, product_id);
+        let observe = || async move {
+            match order_id {
+                Some(order_id) => self.hold(order_id, product_id).await,
+                None => Ok(None),
+            }
+        };
         let changed = self
             .table
             .modify_observing::<_, E, _, _>(&product_id.to_string(), observe, |entry, hold| {
@@ -360,53 +384,131 @@ impl Catalogue {
     }
 
     /// Holds `quantity` of `product_id` for `order_id`, if that much is
-    /// available: counted in the product (pending), then written.
-    pub async fn reserve(
+    /// available: given its deadline first (`schedule_deadline`, so that no
+    /// hold is ever counted without one, whatever dies when), then counted
+    /// in the product (pending), then written. A deadline that cannot be
+    /// scheduled is a refusal: nothing is held.
+    pub async fn reserve<Fut>(
         &self,
         order_id: OrderId,
         product_id: ProductId,
         quantity: Quantity,
-    ) -> Result<Reservation, ReserveError> {
-        let wanted = quantity.get();
+        schedule_deadline: impl FnOnce() -> Fut,
+    ) -> Result<Reservation, ReserveError>
+    where
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
         let reservation = Reservation {
             order_id,
             product_id,
             quantity,
         };
         let held = HoldRecord {
-            quantity: wanted,
+            quantity: quantity.get(),
             state: HoldState::Held,
         };
-        if self.count_reservation(order_id, product_id, held).await? {
-            self.write_hold(order_id, product_id, held).await?;
+        schedule_deadline()
+            .await
+            .map_err(ReserveError::NoDeadline)?;
+        let counted = match self.count_reservation(order_id, product_id, held).await {
+            Ok(counted) => counted,
+            // Not enough left, maybe because this very reservation took it
+            // before (a retry): then the answer is that reservation's.
+            Err(refused @ ReserveError::InsufficientStock { .. }) => {
+                return match self.hold(order_id, product_id).await? {
+                    Some(hold) if hold == held => Ok(reservation),
+                    Some(HoldRecord {
+                        state: HoldState::Held,
+                        quantity,
+                    }) => Err(ReserveError::OrderAlreadyReserved(quantity)),
+                    Some(HoldRecord { state, .. }) => Err(ReserveError::AlreadySettled(state)),
+                    None => Err(refused),
+                };
+            }
+            Err(err) => return Err(err),
+        };
+        if counted == Counted::Legacy {
+            return Ok(reservation);
         }
+        self.write_new_hold(order_id, product_id, held, counted)
+            .await?;
         Ok(reservation)
     }
 
-    /// The first step of a reservation: counted in the product, noted
-    /// pending. Whether the hold is then to be written (not for a legacy
-    /// one, nor for one written before: a retry).
-    async fn count_reservation(
+    /// Writes a new hold, the second step of a reservation. A hold found
+    /// written already means the reservation was made before (a retry, once
+    /// the first one finished): the count this one added is taken back, and
+    /// the answer is the first one's.
+    pub(crate) async fn write_new_hold(
         &self,
         order_id: OrderId,
         product_id: ProductId,
         held: HoldRecord,
-    ) -> Result<bool, ReserveError> {
-        let wanted = held.quantity;
-        self.change_product(product_id, order_id, |record, written| {
-            // A reservation made before (a retry) is answered from its hold.
-            match written {
-                Some(hold) if hold == held => return Ok(false),
-                Some(HoldRecord {
-                    state: HoldState::Held,
-                    quantity,
-                }) => return Err(ReserveError::OrderAlreadyReserved(quantity)),
-                Some(hold) => return Err(ReserveError::AlreadySettled(hold.state)),
-                None => {}
+        counted: Counted,
+    ) -> Result<(), ReserveError> {
+        let key = hold_key(product_id, order_id);
+        let earlier = match self.table.create(&key, &Entry::Hold(held)).await {
+            Ok(_) => {
+                self.remember_written(product_id, order_id, held);
+                return Ok(());
             }
+            Err(StoreError::Exists(_)) => self.hold(order_id, product_id).await?,
+            Err(err) => return Err(err.into()),
+        };
+        let Some(earlier) = earlier else {
+            // Gone again (a table that expires entries): not ours to judge.
+            return Err(StoreError::Conflict(key).into());
+        };
+        // Written before: by the same reservation made before (a retry that
+        // comes after the first finished), or another one for the order. A
+        // count this one added does not stand.
+        if counted == Counted::Now {
+            self.uncount_reservation(order_id, product_id, held).await?;
+        }
+        match earlier {
+            hold if hold == held => Ok(()),
+            HoldRecord {
+                state: HoldState::Held,
+                quantity,
+            } => Err(ReserveError::OrderAlreadyReserved(quantity)),
+            HoldRecord { state, .. } => Err(ReserveError::AlreadySettled(state)),
+        }
+    }
+
+    /// Takes back the count of a reservation that must not stand (its
+    /// hold was there before).
+    pub async fn uncount_reservation(
+        &self,
+        order_id: OrderId,
+        product_id: ProductId,
+        held: HoldRecord,
+    ) -> Result<(), StoreError> {
+        self.change_product(product_id, None, |record, _| {
+            if record.pending.get(&order_id) == Some(&held) {
+                record.pending.remove(&order_id);
+                record.held -= held.quantity;
+            }
+            Ok::<_, StoreError>(())
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// The first step of a reservation: counted in the product, noted
+    /// pending (not read against the hold: a hold already written shows
+    /// when the hold is written, see [`Catalogue::write_new_hold`]).
+    pub(crate) async fn count_reservation(
+        &self,
+        order_id: OrderId,
+        product_id: ProductId,
+        held: HoldRecord,
+    ) -> Result<Counted, ReserveError> {
+        let wanted = held.quantity;
+        self.change_product(product_id, None, |record, _| {
             match record.pending.get(&order_id) {
-                // Counted already (a racing retry): write it, as it does.
-                Some(&pending) if pending == held => return Ok(true),
+                // Counted already (a racing retry): its hold is written by
+                // whichever comes first.
+                Some(&pending) if pending == held => return Ok(Counted::Before),
                 Some(HoldRecord {
                     state: HoldState::Held,
                     quantity,
@@ -415,7 +517,7 @@ impl Catalogue {
                 None => {}
             }
             match record.holds.get(&order_id) {
-                Some(&legacy) if legacy == wanted => return Ok(false),
+                Some(&legacy) if legacy == wanted => return Ok(Counted::Legacy),
                 Some(&legacy) => return Err(ReserveError::OrderAlreadyReserved(legacy)),
                 None => {}
             }
@@ -425,7 +527,7 @@ impl Catalogue {
             }
             record.held += wanted;
             record.pending.insert(order_id, held);
-            Ok(true)
+            Ok(Counted::Now)
         })
         .await?
         .ok_or(ReserveError::UnknownProduct)
@@ -465,7 +567,7 @@ impl Catalogue {
         product_id: ProductId,
         how: Settlement,
     ) -> Result<Option<Step>, StoreError> {
-        self.change_product(product_id, order_id, |record, written| {
+        self.change_product(product_id, Some(order_id), |record, written| {
             let counted = record.pending.get(&order_id).copied().or(written);
             let quantity = match counted {
                 Some(HoldRecord {
@@ -520,13 +622,21 @@ impl Catalogue {
         let written = self.hold(order_id, product_id).await?;
         if written != Some(pending) {
             self.write_hold(order_id, product_id, pending).await?;
+        } else {
+            self.remember_written(product_id, order_id, pending);
         }
         // Written: the pending change goes at this process's next change
         // of the product; now, so that the record is clean.
-        self.change_product(product_id, order_id, |_, _| Ok::<_, StoreError>(()))
+        self.change_product(product_id, None, |_, _| Ok::<_, StoreError>(()))
             .await?;
         Ok(Some(pending))
     }
+}
+
+/// A deadline scheduled at once (unit tests have no broker).
+#[cfg(test)]
+async fn scheduled() -> Result<(), String> {
+    Ok(())
 }
 
 #[cfg(test)]
@@ -545,13 +655,22 @@ mod tests {
             .await
             .unwrap();
         let (a, b) = (OrderId::new(), OrderId::new());
-        catalogue.reserve(a, product.id, q(3)).await.unwrap();
+        catalogue
+            .reserve(a, product.id, q(3), scheduled)
+            .await
+            .unwrap();
         assert_eq!(
-            catalogue.reserve(b, product.id, q(3)).await,
+            catalogue.reserve(b, product.id, q(3), scheduled).await,
             Err(ReserveError::InsufficientStock { available: 2 })
         );
-        catalogue.reserve(b, product.id, q(2)).await.unwrap();
-        catalogue.reserve(b, product.id, q(2)).await.unwrap();
+        catalogue
+            .reserve(b, product.id, q(2), scheduled)
+            .await
+            .unwrap();
+        catalogue
+            .reserve(b, product.id, q(2), scheduled)
+            .await
+            .unwrap();
         assert_eq!(
             catalogue.get(product.id).await.unwrap().unwrap().available,
             0
@@ -589,19 +708,27 @@ mod tests {
             .await
             .unwrap();
         let order = OrderId::new();
-        catalogue.reserve(order, product.id, q(3)).await.unwrap();
+        catalogue
+            .reserve(order, product.id, q(3), scheduled)
+            .await
+            .unwrap();
 
         // More and fewer than held: both refused, naming what is held, and
         // the hold stays as it was.
         for other in [4, 2] {
             assert_eq!(
-                catalogue.reserve(order, product.id, q(other)).await,
+                catalogue
+                    .reserve(order, product.id, q(other), scheduled)
+                    .await,
                 Err(ReserveError::OrderAlreadyReserved(3)),
                 "a reserve of {other} for an order holding 3"
             );
         }
         // The same quantity again is the retry: the same answer, held once.
-        let again = catalogue.reserve(order, product.id, q(3)).await.unwrap();
+        let again = catalogue
+            .reserve(order, product.id, q(3), scheduled)
+            .await
+            .unwrap();
         assert_eq!(again.quantity, q(3));
         let now = catalogue.get(product.id).await.unwrap().unwrap();
         assert_eq!((now.stock, now.available), (10, 7));
@@ -643,19 +770,28 @@ mod crash_tests {
         let product = widget(&catalogue, 10).await;
         let (a, b) = (OrderId::new(), OrderId::new());
         // Both die after counting.
-        assert!(catalogue
-            .count_reservation(a, product, held(3))
-            .await
-            .unwrap());
-        assert!(catalogue
-            .count_reservation(b, product, held(2))
-            .await
-            .unwrap());
+        assert_eq!(
+            catalogue
+                .count_reservation(a, product, held(3))
+                .await
+                .unwrap(),
+            Counted::Now
+        );
+        assert_eq!(
+            catalogue
+                .count_reservation(b, product, held(2))
+                .await
+                .unwrap(),
+            Counted::Now
+        );
         assert_eq!(counts(&catalogue, product).await, (10, 5), "counted");
         assert_eq!(catalogue.hold(a, product).await.unwrap(), None);
 
         // a's retry writes the hold and counts nothing again.
-        catalogue.reserve(a, product, q(3)).await.unwrap();
+        catalogue
+            .reserve(a, product, q(3), scheduled)
+            .await
+            .unwrap();
         assert_eq!(catalogue.hold(a, product).await.unwrap(), Some(held(3)));
         assert_eq!(counts(&catalogue, product).await, (10, 5));
         // b's deadline repairs it: written, no longer pending.
@@ -680,7 +816,10 @@ mod crash_tests {
         let catalogue = Catalogue::in_memory();
         let product = widget(&catalogue, 10).await;
         let order = OrderId::new();
-        catalogue.reserve(order, product, q(4)).await.unwrap();
+        catalogue
+            .reserve(order, product, q(4), scheduled)
+            .await
+            .unwrap();
 
         // The release dies after counting: available is back, the hold
         // still says held.
@@ -720,12 +859,15 @@ mod crash_tests {
 
         // The next change of the product drops what this process wrote.
         let other = OrderId::new();
-        catalogue.reserve(other, product, q(1)).await.unwrap();
+        catalogue
+            .reserve(other, product, q(1), scheduled)
+            .await
+            .unwrap();
         let record = catalogue.record(product).await.unwrap().unwrap();
         assert!(!record.pending.contains_key(&order), "{record:?}");
         // A reserve for the settled order is refused.
         assert_eq!(
-            catalogue.reserve(order, product, q(4)).await,
+            catalogue.reserve(order, product, q(4), scheduled).await,
             Err(ReserveError::AlreadySettled(HoldState::Released))
         );
     }

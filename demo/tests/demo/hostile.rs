@@ -426,3 +426,180 @@ async fn an_order_whose_event_cannot_be_stored_yet_is_placed_not_refused() {
     messaging_core::shutdown_all(modules).await;
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_broker_frozen_mid_order_never_turns_a_503_into_an_order() {
+    use std::collections::HashSet;
+
+    use contract::product::{StockChange, StockUpdated};
+    use messaging_core::{ModuleOptions, RequestError, Storage};
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+
+    const ROUNDS: usize = 3;
+    let broker = testkit::spawn_broker().await;
+    let client = broker.bus().client().clone();
+    let options = ModuleOptions {
+        deadline: std::time::Duration::from_secs(1),
+        ..ModuleOptions::with_storage(Storage::Durable)
+    };
+    let modules = vec![
+        user::register_with(client.clone(), options).await.unwrap(),
+        product::register_with(client.clone(), options)
+            .await
+            .unwrap(),
+        order::register_with(client.clone(), options).await.unwrap(),
+        payment::register_with(client.clone(), instant_payments(), options)
+            .await
+            .unwrap(),
+    ];
+    let bus = broker.bus().clone();
+    let mut updates = bus.watch::<StockUpdated>().await.unwrap();
+    let (user, product) = crate::support::customer_and_product(&bus, 10).await;
+    let pid = Pid::from_raw(broker.server().pid().unwrap() as i32);
+
+    // Each order is in the order module's hands when the broker freezes,
+    // for longer than any step waits for it (2 s); without an idempotency
+    // key, the client has only the answer to go by.
+    let mut placed = HashSet::new();
+    let mut refused = 0;
+    for round in 0..ROUNDS {
+        let request = tokio::spawn({
+            let bus = bus.clone();
+            async move {
+                bus.request(&PlaceOrder {
+                    user_id: user.id,
+                    product_id: product.id,
+                    quantity: q(1),
+                })
+                .await
+            }
+        });
+        // Frozen at another step each round: asking the user module, while
+        // the product module reserves, once it has reserved.
+        let (orders, products) = (&modules[2], &modules[1]);
+        let reserved = products.stats("product.reserve").unwrap().completed;
+        let step = match round % 3 {
+            0 => {
+                orders
+                    .wait_until("order.create", WAIT, |s| s.in_flight >= 1)
+                    .await
+            }
+            1 => {
+                products
+                    .wait_until("product.reserve", WAIT, |s| s.in_flight >= 1)
+                    .await
+            }
+            _ => {
+                products
+                    .wait_until("product.reserve", WAIT, |s| s.completed > reserved)
+                    .await
+            }
+        };
+        step.expect("the order is being placed");
+        kill(pid, Signal::SIGSTOP).unwrap();
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        kill(pid, Signal::SIGCONT).unwrap();
+        match request.await.unwrap() {
+            Ok(order) => {
+                placed.insert(order.id);
+            }
+            Err(RequestError::Remote { error, .. }) => {
+                assert_eq!(error.status, 503, "round {round}: {error}");
+                refused += 1;
+            }
+            // The client gave up first: it does not know, and may not assume.
+            Err(other) => println!("round {round}: {other}"),
+        }
+        modules[2]
+            .wait_until("order.create", WAIT, |s| s.completed as usize > round)
+            .await
+            .unwrap();
+    }
+    println!("frozen broker: {} placed, {refused} refused", placed.len());
+
+    // Every handler is done: what is stored is what will ever be. An order
+    // the client was told failed (503) is not among them.
+    let kv = bus.jetstream().get_key_value("orders").await.unwrap();
+    let mut stored = HashSet::new();
+    let mut keys = kv.keys().await.unwrap();
+    while let Some(key) = futures::StreamExt::next(&mut keys).await {
+        let key = key.unwrap();
+        let entry = kv.get(&key).await.unwrap().unwrap();
+        let record: serde_json::Value = serde_json::from_slice(&entry).unwrap();
+        if record["order"]["product_id"] == serde_json::json!(product.id) {
+            stored.insert(contract::order::OrderId(key.parse().unwrap()));
+        }
+    }
+    assert!(
+        placed.is_subset(&stored),
+        "placed {placed:?}, stored {stored:?}"
+    );
+    assert!(
+        stored.len() <= ROUNDS - refused,
+        "{refused} refused, yet {} stored",
+        stored.len()
+    );
+
+    // And the stock comes out exact: every hold ends, committed with its
+    // paid order or released (an order that failed, a hold whose order was
+    // never stored), once.
+    let products = bus.jetstream().get_key_value("products").await.unwrap();
+    let mut holds = HashSet::new();
+    let mut keys = products.keys().await.unwrap();
+    while let Some(key) = futures::StreamExt::next(&mut keys).await {
+        if let Some(order) = key.unwrap().strip_prefix(&format!("{}.", product.id)) {
+            holds.insert(contract::order::OrderId(order.parse().unwrap()));
+        }
+    }
+    let mut ended = std::collections::HashMap::new();
+    while !holds.iter().all(|h| ended.contains_key(h)) {
+        let update = match updates.next_within(WAIT).await {
+            Ok(update) => update.event,
+            Err(err) => {
+                let mut seen = Vec::new();
+                for h in &holds {
+                    let e = products.get(format!("{}.{h}", product.id)).await.unwrap();
+                    seen.push((h, e.map(|b| String::from_utf8_lossy(&b).into_owned())));
+                }
+                let p = products.get(product.id.to_string()).await.unwrap();
+                let letters =
+                    messaging_core::dead_letter::DeadLetters::open(bus.client(), Storage::Durable)
+                        .await
+                        .unwrap()
+                        .list()
+                        .await
+                        .unwrap();
+                panic!(
+                    "{err}: holds {seen:?}, ended {ended:?}, product {:?}, letters {letters:?}",
+                    p.map(|b| String::from_utf8_lossy(&b).into_owned())
+                );
+            }
+        };
+        assert_eq!(ended.insert(update.order_id, update.change), None);
+    }
+    let committed = ended
+        .values()
+        .filter(|c| **c == StockChange::Committed)
+        .count() as u32;
+    let after = bus
+        .request(&contract::product::GetProduct { id: product.id })
+        .await
+        .unwrap();
+    assert_eq!(
+        (after.stock, after.available),
+        (10 - committed, 10 - committed)
+    );
+    for id in ended
+        .iter()
+        .filter(|(_, c)| **c == StockChange::Committed)
+        .map(|(id, _)| id)
+    {
+        assert!(
+            stored.contains(id),
+            "stock committed for {id}, never stored"
+        );
+    }
+    messaging_core::shutdown_all(modules).await;
+    broker.shutdown().await;
+}
