@@ -203,6 +203,11 @@ async fn place(bus: &Bus, user: &User, product: &Product, count: u32) -> anyhow:
 async fn timed_out(watch: &mut Watch, failed: &OrderFailed) -> anyhow::Result<Product> {
     let order = failed.order.id;
     tracing::info!(id = %order, status = %failed.order.status, reason = %failed.reason, "order failed");
+    released(watch, order).await
+}
+
+/// Waits for the release of `order`'s reservation, and logs it.
+async fn released(watch: &mut Watch, order: OrderId) -> anyhow::Result<Product> {
     let released = watch.stock(order, StockChange::Released).await?;
     tracing::info!(
         id = %released.product.id, stock = released.product.stock,
@@ -224,13 +229,7 @@ async fn compensated(
         .next_matching(watch.deadline, |e| e.event.order.id == order)
         .await?;
     tracing::info!(id = %failed.event.order.id, status = %failed.event.order.status, "order failed");
-    let released = watch.stock(order, StockChange::Released).await?;
-    tracing::info!(
-        id = %released.product.id, stock = released.product.stock,
-        available = released.product.available,
-        "reservation released"
-    );
-    Ok(released.product)
+    released(watch, order).await
 }
 
 fn quantity(n: u32) -> Quantity {

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use contract::order::{GetOrder, OrderCancelled, OrderFailed, OrderId, OrderPaid, OrderStatus};
+use contract::order::{
+    GetOrder, Order, OrderCancelled, OrderFailed, OrderId, OrderPaid, OrderStatus,
+};
 use contract::product::{
     CreateProduct, GetProduct, HoldDue, Product, ProductCreated, ProductId, Reservation,
     ReserveStock, StockChange, StockUpdated,
@@ -175,15 +177,7 @@ pub async fn order_paid(
     ctx: Context,
     event: OrderPaid,
 ) -> Result<(), EventError> {
-    let order = &event.order;
-    settle(
-        &catalogue,
-        &ctx,
-        order.id,
-        order.product_id,
-        Settlement::Commit,
-    )
-    .await
+    settle_order(&catalogue, &ctx, &event.order, Settlement::Commit).await
 }
 
 /// `events.order.failed`: the held stock is available again.
@@ -192,15 +186,7 @@ pub async fn order_failed(
     ctx: Context,
     event: OrderFailed,
 ) -> Result<(), EventError> {
-    let order = &event.order;
-    settle(
-        &catalogue,
-        &ctx,
-        order.id,
-        order.product_id,
-        Settlement::Release,
-    )
-    .await
+    settle_order(&catalogue, &ctx, &event.order, Settlement::Release).await
 }
 
 /// `events.order.cancelled`: the held stock is available again.
@@ -209,15 +195,17 @@ pub async fn order_cancelled(
     ctx: Context,
     event: OrderCancelled,
 ) -> Result<(), EventError> {
-    let order = &event.order;
-    settle(
-        &catalogue,
-        &ctx,
-        order.id,
-        order.product_id,
-        Settlement::Release,
-    )
-    .await
+    settle_order(&catalogue, &ctx, &event.order, Settlement::Release).await
+}
+
+/// Settles the hold of `order` (see [`settle`]).
+async fn settle_order(
+    catalogue: &Catalogue,
+    ctx: &Context,
+    order: &Order,
+    how: Settlement,
+) -> Result<(), EventError> {
+    settle(catalogue, ctx, order.id, order.product_id, how).await
 }
 
 /// Settles the order's hold and announces the stock change.

@@ -369,16 +369,7 @@ async fn an_order_whose_event_cannot_be_stored_yet_is_placed_not_refused() {
         },
         ..ModuleOptions::with_storage(Storage::Durable)
     };
-    let modules = vec![
-        user::register_with(client.clone(), options).await.unwrap(),
-        product::register_with(client.clone(), options)
-            .await
-            .unwrap(),
-        order::register_with(client.clone(), options).await.unwrap(),
-        payment::register_with(client.clone(), instant_payments(), options)
-            .await
-            .unwrap(),
-    ];
+    let modules = register_all(&client, options).await;
     let bus = broker.bus();
     let (user, product) = crate::support::customer_and_product(bus, 10).await;
 
@@ -443,16 +434,7 @@ async fn a_broker_frozen_mid_order_never_turns_a_503_into_an_order() {
         deadline: std::time::Duration::from_secs(1),
         ..ModuleOptions::with_storage(Storage::Durable)
     };
-    let modules = vec![
-        user::register_with(client.clone(), options).await.unwrap(),
-        product::register_with(client.clone(), options)
-            .await
-            .unwrap(),
-        order::register_with(client.clone(), options).await.unwrap(),
-        payment::register_with(client.clone(), instant_payments(), options)
-            .await
-            .unwrap(),
-    ];
+    let modules = register_all(&client, options).await;
     let bus = broker.bus().clone();
     let mut updates = bus.watch::<StockUpdated>().await.unwrap();
     let (user, product) = crate::support::customer_and_product(&bus, 10).await;
@@ -602,4 +584,22 @@ async fn a_broker_frozen_mid_order_never_turns_a_503_into_an_order() {
     }
     messaging_core::shutdown_all(modules).await;
     broker.shutdown().await;
+}
+
+/// User, product, order and payment (instant payments) on `client`, with
+/// `options`: the modules in the order their handles are indexed.
+async fn register_all(
+    client: &async_nats::Client,
+    options: messaging_core::ModuleOptions,
+) -> Vec<messaging_core::ModuleHandle> {
+    vec![
+        user::register_with(client.clone(), options).await.unwrap(),
+        product::register_with(client.clone(), options)
+            .await
+            .unwrap(),
+        order::register_with(client.clone(), options).await.unwrap(),
+        payment::register_with(client.clone(), instant_payments(), options)
+            .await
+            .unwrap(),
+    ]
 }
