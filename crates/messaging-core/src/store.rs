@@ -119,6 +119,8 @@ pub struct Table<V> {
     cache: Arc<Mutex<lru::LruCache<String, Versioned<V>>>>,
     /// A durable table's JetStream context, for atomic batches.
     jetstream: Option<jetstream::Context>,
+    /// Set once the bucket is known to take atomic batches.
+    atomic: Arc<tokio::sync::OnceCell<()>>,
 }
 
 impl<V> Clone for Table<V> {
@@ -128,6 +130,7 @@ impl<V> Clone for Table<V> {
             stripes: self.stripes.clone(),
             cache: self.cache.clone(),
             jetstream: self.jetstream.clone(),
+            atomic: self.atomic.clone(),
         }
     }
 }
@@ -233,8 +236,8 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
                     };
                     js.create_or_update_key_value(config)
                         .await
-                        .map_err(|err| StoreError::Unavailable(format!("bucket {name}: {err}")))?;
-                    allow_atomic_batches(&js, name).await
+                        .map(drop)
+                        .map_err(|err| StoreError::Unavailable(format!("bucket {name}: {err}")))
                 })
                 .await?;
                 // Its reads and writes are a handler's, with its own timeout:
@@ -251,6 +254,7 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
             stripes: stripes(),
             cache: cache(),
             jetstream: Some(jetstream::new(client.clone())),
+            atomic: Arc::default(),
         })
     }
 
@@ -261,6 +265,7 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
             stripes: stripes(),
             cache: cache(),
             jetstream: None,
+            atomic: Arc::default(),
         }
     }
 
@@ -690,6 +695,10 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
             (Backend::Kv(store), Some(jetstream)) => (store, jetstream),
             (Backend::Kv(_), None) => unreachable!("a bucket's table has a JetStream context"),
         };
+        // Only tables that write batches need their bucket to take them.
+        self.atomic
+            .get_or_try_init(|| allow_atomic_batches(jetstream, &store.name))
+            .await?;
         use async_nats::header::{
             NATS_BATCH_COMMIT, NATS_BATCH_COMMIT_FINAL, NATS_BATCH_ID, NATS_BATCH_SEQUENCE,
             NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
@@ -839,6 +848,7 @@ mod tests {
             stripes: stripes(),
             cache: cache(),
             jetstream: None,
+            atomic: Arc::default(),
         };
         a.create("n", &0).await.unwrap(); // a now caches 0
         b.modify::<(), StoreError>("n", |n| Ok(Change::Write(n.unwrap() + 1, ())))
@@ -942,6 +952,7 @@ mod tests {
             stripes: stripes(),
             cache: cache(),
             jetstream: None,
+            atomic: Arc::default(),
         }
     }
 
