@@ -314,6 +314,19 @@ impl<S: Send + Sync + 'static> Module<S> {
             .endpoint(subject)
             .await
             .map_err(|source| RegisterError::Endpoint { subject, source })?;
+        // Serving once this returns: a round trip on the module's own
+        // connection, which the server handles after the subscription
+        // (a flush only reaches the socket), so a request sent right after
+        // registration by anyone finds the endpoint, not `NoResponders`.
+        self.shared
+            .bus
+            .jetstream()
+            .query_account()
+            .await
+            .map_err(|err| RegisterError::Endpoint {
+                subject,
+                source: Box::new(err),
+            })?;
         let stats = self.track(subject, subject);
         let (shared, service) = (self.shared.clone(), self.service.clone());
         let (handler, max_in_flight) = (Arc::new(handler), self.options.max_in_flight);

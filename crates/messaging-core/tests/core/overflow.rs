@@ -60,6 +60,17 @@ async fn connect_with_capacity(app: &TestBroker, capacity: usize) -> async_nats:
         .expect("connect to the test broker")
 }
 
+/// Returns once the server has processed everything `client` sent so far,
+/// its subscriptions included: a round trip on that very connection (the
+/// server handles a connection's messages in order). A flush only puts
+/// them on the socket, and the burst comes over another connection.
+async fn subscribed(client: &async_nats::Client) {
+    async_nats::jetstream::new(client.clone())
+        .query_account()
+        .await
+        .expect("a round trip to the broker");
+}
+
 /// What each request of a burst got: a value, a `503`, or something else
 /// (a timeout, any other error: every one a failure of the test).
 #[derive(Debug, Default, PartialEq)]
@@ -116,7 +127,7 @@ async fn requests_beyond_a_full_endpoint_buffer_are_answered_503_at_once() {
         .await
         .unwrap();
     let mut endpoint = service.endpoint(Hold::SUBJECT).await.unwrap();
-    client.flush().await.unwrap();
+    subscribed(&client).await;
     let gate = Arc::new(Notify::new());
     let serving = tokio::spawn({
         let gate = gate.clone();
@@ -207,7 +218,7 @@ async fn a_burst_at_a_module_with_blocked_handlers_is_answered_in_full() {
     let mut module = setup.start(held.clone()).await.expect("start");
     module.serve(hold).await.unwrap();
     let module = module.running();
-    client.flush().await.unwrap();
+    subscribed(&client).await;
 
     let mut replies = burst(&app, REQUESTS);
     let mut tally = Tally::default();
