@@ -163,6 +163,8 @@ pub enum Counted {
     Before,
     /// A legacy hold inside the record: nothing to write.
     Legacy,
+    /// Counted and written before (a retry): nothing to do.
+    Written,
 }
 
 /// What is left to do after the first step of a settlement.
@@ -410,24 +412,8 @@ impl Catalogue {
         schedule_deadline()
             .await
             .map_err(ReserveError::NoDeadline)?;
-        let counted = match self.count_reservation(order_id, product_id, held).await {
-            Ok(counted) => counted,
-            // Not enough left, maybe because this very reservation took it
-            // before (a retry): then the answer is that reservation's.
-            Err(refused @ ReserveError::InsufficientStock { .. }) => {
-                return match self.hold(order_id, product_id).await? {
-                    Some(hold) if hold == held => Ok(reservation),
-                    Some(HoldRecord {
-                        state: HoldState::Held,
-                        quantity,
-                    }) => Err(ReserveError::OrderAlreadyReserved(quantity)),
-                    Some(HoldRecord { state, .. }) => Err(ReserveError::AlreadySettled(state)),
-                    None => Err(refused),
-                };
-            }
-            Err(err) => return Err(err),
-        };
-        if counted == Counted::Legacy {
+        let counted = self.count_reservation(order_id, product_id, held).await?;
+        if matches!(counted, Counted::Legacy | Counted::Written) {
             return Ok(reservation);
         }
         self.write_new_hold(order_id, product_id, held, counted)
@@ -436,9 +422,9 @@ impl Catalogue {
     }
 
     /// Writes a new hold, the second step of a reservation. A hold found
-    /// written already means the reservation was made before (a retry, once
-    /// the first one finished): the count this one added is taken back, and
-    /// the answer is the first one's.
+    /// written already was written by the same reservation racing this one
+    /// (it counted first); should this one have counted it again (it
+    /// cannot: the count reads the hold), the count is taken back.
     pub(crate) async fn write_new_hold(
         &self,
         order_id: OrderId,
@@ -495,8 +481,10 @@ impl Catalogue {
     }
 
     /// The first step of a reservation: counted in the product, noted
-    /// pending (not read against the hold: a hold already written shows
-    /// when the hold is written, see [`Catalogue::write_new_hold`]).
+    /// pending, unless its hold is written already (a retry, once the
+    /// first one finished): read after the record's value is known, so
+    /// that a hold written and dropped from the pending changes in between
+    /// is never counted twice.
     pub(crate) async fn count_reservation(
         &self,
         order_id: OrderId,
@@ -504,7 +492,16 @@ impl Catalogue {
         held: HoldRecord,
     ) -> Result<Counted, ReserveError> {
         let wanted = held.quantity;
-        self.change_product(product_id, None, |record, _| {
+        self.change_product(product_id, Some(order_id), |record, written| {
+            match written {
+                Some(hold) if hold == held => return Ok(Counted::Written),
+                Some(HoldRecord {
+                    state: HoldState::Held,
+                    quantity,
+                }) => return Err(ReserveError::OrderAlreadyReserved(quantity)),
+                Some(hold) => return Err(ReserveError::AlreadySettled(hold.state)),
+                None => {}
+            }
             match record.pending.get(&order_id) {
                 // Counted already (a racing retry): its hold is written by
                 // whichever comes first.

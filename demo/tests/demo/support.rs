@@ -325,10 +325,47 @@ pub async fn settle(
         outcome.fulfilled,
         "a payment per fulfilled order"
     );
-    let product = bus
-        .request(&contract::product::GetProduct { id: product_id })
-        .await
-        .unwrap();
+    // A fulfilled order's stock is committed before it is fulfilled, but a
+    // failed order's hold is released after it failed (the product module
+    // reacts to `events.order.failed`): wait for the product to say so,
+    // within a bound.
+    let get = || async {
+        bus.request(&contract::product::GetProduct { id: product_id })
+            .await
+            .unwrap()
+    };
+    let at_rest = tokio::time::Instant::now() + WAIT;
+    let mut product = get().await;
+    while product.available != product.stock && tokio::time::Instant::now() < at_rest {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        product = get().await;
+    }
+    let waited = WAIT - at_rest.saturating_duration_since(tokio::time::Instant::now());
+    println!(
+        "at rest: {} fulfilled, {} failed; holds released {waited:?} after the last order ended",
+        outcome.fulfilled, outcome.failed
+    );
+    if product.available != product.stock {
+        let kv = bus.jetstream().get_key_value("products").await.unwrap();
+        let record = kv.get(product_id.to_string()).await.unwrap();
+        let mut keys = kv.keys().await.unwrap();
+        let mut held = Vec::new();
+        while let Some(key) = futures::StreamExt::next(&mut keys).await {
+            let key = key.unwrap();
+            if let Some(order) = key.strip_prefix(&format!("{product_id}.")) {
+                let value = kv.get(&key).await.unwrap().unwrap();
+                let text = String::from_utf8_lossy(&value).into_owned();
+                if text.contains("\"held\"") {
+                    let id: OrderId = OrderId(order.parse().unwrap());
+                    held.push((id, text, statuses.get(&id).copied()));
+                }
+            }
+        }
+        panic!(
+            "held at rest: {held:?}; record {:?}",
+            record.map(|b| String::from_utf8_lossy(&b).into_owned())
+        );
+    }
     assert_eq!(product.stock, initial_stock - outcome.fulfilled as u32);
     assert_eq!(product.available, product.stock, "nothing held at rest");
     outcome
