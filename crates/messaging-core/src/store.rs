@@ -522,8 +522,10 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
     /// the value decided on, and a change that others make to `key` after
     /// they changed what `observe` reads is never missed.
     ///
-    /// This lets one record guard other keys: a product's record and its
-    /// holds (whoever settles a hold writes the hold, then the record).
+    /// This lets one record guard other keys: a product's record notes a
+    /// hold's change as pending until the hold is written, and drops the
+    /// note only after; whoever decides reads the hold after the record,
+    /// so a note gone means a hold it can see.
     pub async fn modify_observing<T, E, O, Fut>(
         &self,
         key: &str,
