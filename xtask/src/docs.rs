@@ -141,6 +141,7 @@ mod tests {
             subjects.extend(module.serves.iter().map(|e| e.subject));
             subjects.extend(module.requests.iter().copied());
             subjects.extend(module.publishes.iter().copied());
+            subjects.extend(module.schedules.iter().copied());
             subjects.extend(module.listens.iter().map(|l| l.subject));
         }
         subjects

@@ -144,8 +144,13 @@ impl System {
     }
 
     /// The module publishing the event `subject`.
+    /// The module whose event `subject` is: it publishes it, or schedules
+    /// it (a deadline, which the broker publishes when due).
     pub fn publisher(&self, subject: &str) -> Option<&'static Declaration> {
-        self.modules.iter().copied().find(|m| m.publishes(subject))
+        self.modules
+            .iter()
+            .copied()
+            .find(|m| m.publishes(subject) || m.schedules(subject))
     }
 
     /// Every handler of the event `subject`, with its module.
