@@ -21,7 +21,7 @@ pub const EVENTS_STREAM: &str = "EVENTS";
 ///
 /// Not the event stream: the broker refuses message schedules in a stream
 /// that discards *new* messages when full, which the event stream must do
-/// (see [`stream_config`]).
+/// (see `stream_config`).
 pub const DEADLINES_STREAM: &str = "DEADLINES";
 
 /// How the subject of every scheduled event starts.
