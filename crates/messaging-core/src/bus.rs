@@ -278,8 +278,10 @@ impl Bus {
     /// stream (replicated like the events), fires once when due, and the
     /// event it publishes waits for the module's durable consumer like any
     /// other, so a module that was down when it fired handles it when it
-    /// comes back. A time in the past fires at once. Scheduling the same
-    /// event (same id) again, before it fired, replaces its schedule.
+    /// comes back. A time in the past fires at once. The same event (same
+    /// id) scheduled again within the stream's duplicate window (2 min) is
+    /// dropped as a duplicate; later, it replaces its schedule if that has
+    /// not fired yet, or is scheduled anew.
     ///
     /// The module must declare the subject in its `schedules`; it need not
     /// (and should not) be allowed to publish it directly.

@@ -136,8 +136,9 @@ impl Context {
 
     /// Schedules the event of a fact for `after` from now (see
     /// [`Bus::schedule_as`]): a deadline kept by the broker. The event id is
-    /// derived from `fact`, so scheduling the same fact again (a retry, a
-    /// redelivery) is the same schedule, not a second deadline.
+    /// derived from `fact`, so scheduling the same fact again (a redelivery)
+    /// is the same schedule, not a second deadline (see `schedule_as` on
+    /// what "again" means after a while).
     pub async fn schedule_fact<E: Event>(
         &self,
         event: &E,

@@ -121,6 +121,9 @@ pub struct Table<V> {
     jetstream: Option<jetstream::Context>,
     /// Set once the bucket is known to take atomic batches.
     atomic: Arc<tokio::sync::OnceCell<()>>,
+    /// Read through the bucket's stream leader, never a replica that may lag
+    /// (see [`Table::reading_from_leader`]).
+    leader_reads: bool,
 }
 
 impl<V> Clone for Table<V> {
@@ -131,6 +134,7 @@ impl<V> Clone for Table<V> {
             cache: self.cache.clone(),
             jetstream: self.jetstream.clone(),
             atomic: self.atomic.clone(),
+            leader_reads: self.leader_reads,
         }
     }
 }
@@ -255,6 +259,7 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
             cache: cache(),
             jetstream: Some(jetstream::new(client.clone())),
             atomic: Arc::default(),
+            leader_reads: false,
         })
     }
 
@@ -266,12 +271,47 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
             cache: cache(),
             jetstream: None,
             atomic: Arc::default(),
+            leader_reads: false,
         }
+    }
+
+    /// The same table, reading through its bucket's stream leader.
+    ///
+    /// A bucket answers reads from any replica (direct get), and a replica
+    /// may not have the latest write yet: fine for most reads (a stale
+    /// value only costs a failed compare-and-set), not when what one key
+    /// says is decided on together with another key
+    /// ([`Table::modify_observing`]): there both must be read as they are.
+    /// On a single server it changes nothing but the API used.
+    pub fn reading_from_leader(mut self) -> Self {
+        self.leader_reads = true;
+        self
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Versioned<V>>, StoreError> {
         let raw = match &self.backend {
             Backend::Memory(memory) => memory.lock().expect("table lock").rows.get(key).cloned(),
+            Backend::Kv(store) if self.leader_reads => {
+                use async_nats::jetstream::stream::LastRawMessageErrorKind;
+                if !is_valid_key(key) {
+                    return Ok(None);
+                }
+                let subject = format!("{}{key}", store.prefix);
+                match store.stream.get_last_raw_message_by_subject(&subject).await {
+                    Ok(message) => {
+                        let operation = message
+                            .headers
+                            .get("KV-Operation")
+                            .map(|op| op.as_str().to_owned());
+                        match operation.as_deref() {
+                            Some("DEL" | "PURGE") => None,
+                            _ => Some((message.payload, message.sequence)),
+                        }
+                    }
+                    Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => None,
+                    Err(err) => return Err(unavailable(err)),
+                }
+            }
             Backend::Kv(store) => match store.entry(key).await {
                 Ok(entry) => entry
                     .filter(|e| e.operation == kv::Operation::Put)
@@ -536,26 +576,47 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
         E: From<StoreError>,
         Fut: std::future::Future<Output = Result<O, StoreError>>,
     {
-        let _local_turn = self.stripes[stripe_of(key)].lock().await;
-        let mut cached = self.cache.lock().expect("cache lock").get(key).cloned();
+        let stripe = &self.stripes[stripe_of(key)];
+        // Values read outside the turn, to decide on first in the next one.
+        let mut fresh: Option<(Option<Versioned<V>>, O)> = None;
+        let mut first = true;
         for _ in 0..MAX_ATTEMPTS {
-            let from_cache = cached.is_some();
-            let current = match cached.take() {
-                Some(seen) => Some(seen),
-                None => self.get(key).await?,
+            let local_turn = stripe.lock().await;
+            let (current, observed, from_cache) = match fresh.take() {
+                Some((current, observed)) => (current, observed, false),
+                None => {
+                    let cached = std::mem::take(&mut first)
+                        .then(|| self.cache.lock().expect("cache lock").get(key).cloned())
+                        .flatten();
+                    let from_cache = cached.is_some();
+                    let current = match cached {
+                        Some(seen) => Some(seen),
+                        None => self.get(key).await?,
+                    };
+                    (current, observe().await?, from_cache)
+                }
             };
             // A cached value may be stale: only a successful write proves
             // it was current, so decisions that write nothing (keeping the
             // value, or refusing the change) are made again on a fresh read
             // before they are returned. Another instance may have released
             // the stock or advanced the order that this cache says is not.
-            let observed = observe().await?;
+            // That read is made outside the turn: refusals (a product sold
+            // out) need not queue behind each other.
             let change = match decide(current.as_ref().map(|c| &c.value), observed) {
-                Err(_) if from_cache => continue,
+                Err(_) if from_cache => {
+                    drop(local_turn);
+                    fresh = Some((self.get(key).await?, observe().await?));
+                    continue;
+                }
                 decided => decided?,
             };
             let (value, result) = match change {
-                Change::Keep(_) if from_cache => continue,
+                Change::Keep(_) if from_cache => {
+                    drop(local_turn);
+                    fresh = Some((self.get(key).await?, observe().await?));
+                    continue;
+                }
                 Change::Keep(result) => return Ok(result),
                 Change::Write(value, result) => (value, result),
             };
@@ -756,6 +817,14 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
         }
     }
 
+    /// The value this process last wrote or read for `key`, if it still
+    /// remembers it: a hint, maybe stale, never a basis for a decision
+    /// that is not checked again.
+    pub fn cached(&self, key: &str) -> Option<V> {
+        let cache = self.cache.lock().expect("cache lock");
+        cache.peek(key).map(|seen| seen.value.clone())
+    }
+
     fn remember(&self, key: &str, value: V, revision: u64) {
         let entry = Versioned { value, revision };
         self.cache
@@ -851,6 +920,7 @@ mod tests {
             cache: cache(),
             jetstream: None,
             atomic: Arc::default(),
+            leader_reads: false,
         };
         a.create("n", &0).await.unwrap(); // a now caches 0
         b.modify::<(), StoreError>("n", |n| Ok(Change::Write(n.unwrap() + 1, ())))
@@ -955,6 +1025,7 @@ mod tests {
             cache: cache(),
             jetstream: None,
             atomic: Arc::default(),
+            leader_reads: false,
         }
     }
 

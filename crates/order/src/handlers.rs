@@ -90,7 +90,10 @@ pub async fn place_order(
             order_id: order.id,
             second_look: false,
         },
-        &fact(order.id, "payment_due"),
+        // One deadline per attempt: a retry's own (the same fact again
+        // would be dropped as a duplicate within two minutes, and the first
+        // attempt's deadline may have come and found nothing).
+        &fact(order.id, format!("payment_due/{}", uuid::Uuid::new_v4())),
         orders.payment_timeout(),
     )
     .await?;

@@ -60,7 +60,8 @@ pub async fn reserve_stock(
             product_id,
             second_look: false,
         };
-        let fact = format!("hold/{product_id}/{order_id}/due");
+        // One deadline per attempt (as for an order's payment deadline).
+        let fact = format!("hold/{product_id}/{order_id}/due/{}", uuid::Uuid::new_v4());
         ctx.schedule_fact(&due, &fact, catalogue.hold_timeout())
             .await
             .map(drop)
@@ -88,6 +89,7 @@ pub async fn reserve_stock(
                 }
             )),
             ReserveError::NoDeadline(reason) => ServiceError::unavailable(reason),
+            ReserveError::NeedsDeadline => ServiceError::internal("a hold without its deadline"),
             ReserveError::Store(err) => ServiceError::unavailable(err.0),
         })
 }
@@ -227,6 +229,13 @@ async fn settle(
     };
     let product = match catalogue.settle(order_id, product_id, how).await? {
         Some(Settled::Applied(product)) => product,
+        Some(Settled::Contradicts(state)) => {
+            return Err(EventError::permanent(format!(
+                "order {order_id} asks to {change:?} its hold on product {product_id}, \
+                 which is {state:?} already (its deadline found no live order): the \
+                 stock was not taken; an operator must settle this order"
+            )))
+        }
         Some(Settled::AlreadyDone(product)) => {
             tracing::debug!(%order_id, ?change, "settlement already applied");
             product

@@ -112,6 +112,9 @@ pub enum ReserveError {
     /// The hold's deadline could not be scheduled: nothing was held.
     #[error("no deadline for the hold: {0}")]
     NoDeadline(String),
+    /// The hold would be counted, but its deadline is not scheduled yet.
+    #[error("the hold needs its deadline first")]
+    NeedsDeadline,
     #[error(transparent)]
     Store(#[from] StoreErrorText),
 }
@@ -152,6 +155,9 @@ pub enum Settled {
     Applied(Product),
     /// The order held nothing (already settled): nothing changed.
     AlreadyDone(Product),
+    /// The hold was settled the other way: nothing changed, and nothing
+    /// can (a paid order whose hold was released at its deadline).
+    Contradicts(HoldState),
 }
 
 /// How the first step of a reservation went.
@@ -178,6 +184,8 @@ enum Step {
     Finish(Product, HoldRecord),
     /// A legacy hold, settled inside the record.
     Legacy(Product),
+    /// The hold was settled the other way (a commit for a released hold).
+    Contradicts(HoldState),
 }
 
 /// How many products' written holds a process remembers, to drop them
@@ -198,6 +206,14 @@ pub struct Catalogue {
 /// The key of the hold of `order` on `product`.
 fn hold_key(product: ProductId, order: OrderId) -> String {
     format!("{product}.{order}")
+}
+
+/// A product record whose counts contradict a hold: never written by this
+/// code; refused loudly rather than wrapped around.
+fn broken(product: ProductId, order: OrderId, what: &str) -> StoreError {
+    StoreError::Unavailable(format!(
+        "product {product} {what} (the hold of order {order})"
+    ))
 }
 
 fn misplaced(what: &str) -> StoreError {
@@ -223,7 +239,8 @@ impl Catalogue {
     }
 
     pub async fn open(setup: &Setup) -> Result<Self, StoreError> {
-        let table = setup.table("products", None).await?;
+        // A product and its holds are decided on together: read as they are.
+        let table = setup.table("products", None).await?.reading_from_leader();
         Ok(Self::with_table(table, setup.options().deadline))
     }
 
@@ -395,7 +412,7 @@ impl Catalogue {
         order_id: OrderId,
         product_id: ProductId,
         quantity: Quantity,
-        schedule_deadline: impl FnOnce() -> Fut,
+        schedule_deadline: impl Fn() -> Fut,
     ) -> Result<Reservation, ReserveError>
     where
         Fut: std::future::Future<Output = Result<(), String>>,
@@ -409,75 +426,65 @@ impl Catalogue {
             quantity: quantity.get(),
             state: HoldState::Held,
         };
-        schedule_deadline()
+        // The deadline first, unless this process last saw too little
+        // stock: a product sold out refuses without scheduling anything.
+        // Should the stock be there after all, the count asks for it.
+        let likely = match self.table.cached(&product_id.to_string()) {
+            Some(Entry::Product(record)) => {
+                record.on_hand.saturating_sub(record.held()) >= held.quantity
+            }
+            _ => true,
+        };
+        if likely {
+            schedule_deadline()
+                .await
+                .map_err(ReserveError::NoDeadline)?;
+        }
+        let counted = match self
+            .count_reservation(order_id, product_id, held, likely)
             .await
-            .map_err(ReserveError::NoDeadline)?;
-        let counted = self.count_reservation(order_id, product_id, held).await?;
+        {
+            Err(ReserveError::NeedsDeadline) => {
+                schedule_deadline()
+                    .await
+                    .map_err(ReserveError::NoDeadline)?;
+                self.count_reservation(order_id, product_id, held, true)
+                    .await?
+            }
+            other => other?,
+        };
         if matches!(counted, Counted::Legacy | Counted::Written) {
             return Ok(reservation);
         }
-        self.write_new_hold(order_id, product_id, held, counted)
-            .await?;
+        self.write_new_hold(order_id, product_id, held).await?;
         Ok(reservation)
     }
 
     /// Writes a new hold, the second step of a reservation. A hold found
     /// written already was written by the same reservation racing this one
-    /// (it counted first); should this one have counted it again (it
-    /// cannot: the count reads the hold), the count is taken back.
+    /// (another instance's retry, counted after this one and writing first):
+    /// the count is this one's, and stands.
     pub(crate) async fn write_new_hold(
         &self,
         order_id: OrderId,
         product_id: ProductId,
         held: HoldRecord,
-        counted: Counted,
     ) -> Result<(), ReserveError> {
         let key = hold_key(product_id, order_id);
-        let earlier = match self.table.create(&key, &Entry::Hold(held)).await {
+        match self.table.create(&key, &Entry::Hold(held)).await {
             Ok(_) => {
                 self.remember_written(product_id, order_id, held);
-                return Ok(());
+                Ok(())
             }
-            Err(StoreError::Exists(_)) => self.hold(order_id, product_id).await?,
-            Err(err) => return Err(err.into()),
-        };
-        let Some(earlier) = earlier else {
-            // Gone again (a table that expires entries): not ours to judge.
-            return Err(StoreError::Conflict(key).into());
-        };
-        // Written before: by the same reservation made before (a retry that
-        // comes after the first finished), or another one for the order. A
-        // count this one added does not stand.
-        if counted == Counted::Now {
-            self.uncount_reservation(order_id, product_id, held).await?;
+            Err(StoreError::Exists(_)) => match self.hold(order_id, product_id).await? {
+                Some(hold) if hold == held => Ok(()),
+                // Settled meanwhile: the reservation was made, and is over.
+                Some(HoldRecord { state, .. }) => Err(ReserveError::AlreadySettled(state)),
+                // Gone again (a table that expires entries): not ours to judge.
+                None => Err(StoreError::Conflict(key).into()),
+            },
+            Err(err) => Err(err.into()),
         }
-        match earlier {
-            hold if hold == held => Ok(()),
-            HoldRecord {
-                state: HoldState::Held,
-                quantity,
-            } => Err(ReserveError::OrderAlreadyReserved(quantity)),
-            HoldRecord { state, .. } => Err(ReserveError::AlreadySettled(state)),
-        }
-    }
-
-    /// Takes back the count of a reservation that must not stand (its
-    /// hold was there before).
-    pub async fn uncount_reservation(
-        &self,
-        order_id: OrderId,
-        product_id: ProductId,
-        held: HoldRecord,
-    ) -> Result<(), StoreError> {
-        self.change_product(product_id, None, |record, _| {
-            if record.pending.get(&order_id) == Some(&held) {
-                record.pending.remove(&order_id);
-                record.held -= held.quantity;
-            }
-            Ok::<_, StoreError>(())
-        })
-        .await?;
-        Ok(())
     }
 
     /// The first step of a reservation: counted in the product, noted
@@ -490,6 +497,7 @@ impl Catalogue {
         order_id: OrderId,
         product_id: ProductId,
         held: HoldRecord,
+        scheduled: bool,
     ) -> Result<Counted, ReserveError> {
         let wanted = held.quantity;
         self.change_product(product_id, Some(order_id), |record, written| {
@@ -522,6 +530,10 @@ impl Catalogue {
             if wanted > available {
                 return Err(ReserveError::InsufficientStock { available });
             }
+            // No hold is counted before its deadline is scheduled.
+            if !scheduled {
+                return Err(ReserveError::NeedsDeadline);
+            }
             record.held += wanted;
             record.pending.insert(order_id, held);
             Ok(Counted::Now)
@@ -544,6 +556,7 @@ impl Catalogue {
         };
         match step {
             Step::Done(product) => Ok(Some(Settled::AlreadyDone(product))),
+            Step::Contradicts(state) => Ok(Some(Settled::Contradicts(state))),
             Step::Legacy(product) => Ok(Some(Settled::Applied(product))),
             Step::Applied(product, hold) => {
                 self.write_hold(order_id, product_id, hold).await?;
@@ -571,10 +584,19 @@ impl Catalogue {
                     state: HoldState::Held,
                     quantity,
                 }) => quantity,
+                // A paid order's hold given back already (its deadline
+                // found the order too late): the stock went back on the
+                // shelf, and nothing here can take it again safely.
+                Some(HoldRecord {
+                    state: HoldState::Released,
+                    ..
+                }) if how == Settlement::Commit => {
+                    return Ok::<_, StoreError>(Step::Contradicts(HoldState::Released))
+                }
                 // Settled, by a settlement whose hold may not be
                 // written yet (ours before a crash, or a racing one).
                 Some(settled) if record.pending.contains_key(&order_id) => {
-                    return Ok::<_, StoreError>(Step::Finish(record.view(), settled))
+                    return Ok(Step::Finish(record.view(), settled))
                 }
                 Some(_) => return Ok(Step::Done(record.view())),
                 None => {
@@ -582,14 +604,22 @@ impl Catalogue {
                         return Ok(Step::Done(record.view()));
                     };
                     if how == Settlement::Commit {
-                        record.on_hand -= quantity;
+                        record.on_hand = record.on_hand.checked_sub(quantity).ok_or_else(|| {
+                            broken(product_id, order_id, "commits more than it has")
+                        })?;
                     }
                     return Ok(Step::Legacy(record.view()));
                 }
             };
-            record.held -= quantity;
+            record.held = record
+                .held
+                .checked_sub(quantity)
+                .ok_or_else(|| broken(product_id, order_id, "holds more than it counts"))?;
             if how == Settlement::Commit {
-                record.on_hand -= quantity;
+                record.on_hand = record
+                    .on_hand
+                    .checked_sub(quantity)
+                    .ok_or_else(|| broken(product_id, order_id, "commits more than it has"))?;
             }
             let settled = HoldRecord {
                 quantity,
@@ -769,14 +799,14 @@ mod crash_tests {
         // Both die after counting.
         assert_eq!(
             catalogue
-                .count_reservation(a, product, held(3))
+                .count_reservation(a, product, held(3), true)
                 .await
                 .unwrap(),
             Counted::Now
         );
         assert_eq!(
             catalogue
-                .count_reservation(b, product, held(2))
+                .count_reservation(b, product, held(2), true)
                 .await
                 .unwrap(),
             Counted::Now
@@ -828,17 +858,19 @@ mod crash_tests {
         assert_eq!(counts(&catalogue, product).await, (10, 10));
         assert_eq!(catalogue.hold(order, product).await.unwrap(), Some(held(4)));
 
-        // A commit racing in (it must not happen, but if it does) finishes
-        // the release instead of applying itself; the release's
-        // redelivery then finds it done.
+        // A commit racing in (it must not happen, but if it does) changes
+        // nothing and says so; the release's redelivery then finishes it.
         let commit = catalogue
             .settle(order, product, Settlement::Commit)
             .await
             .unwrap();
-        assert!(
-            matches!(commit, Some(Settled::AlreadyDone(_))),
-            "{commit:?}"
-        );
+        assert_eq!(commit, Some(Settled::Contradicts(HoldState::Released)));
+        assert_eq!(counts(&catalogue, product).await, (10, 10));
+        let again = catalogue
+            .settle(order, product, Settlement::Release)
+            .await
+            .unwrap();
+        assert!(matches!(again, Some(Settled::AlreadyDone(_))), "{again:?}");
         let released = HoldRecord {
             quantity: 4,
             state: HoldState::Released,
@@ -847,12 +879,13 @@ mod crash_tests {
             catalogue.hold(order, product).await.unwrap(),
             Some(released)
         );
-        let again = catalogue
-            .settle(order, product, Settlement::Release)
+        assert_eq!(counts(&catalogue, product).await, (10, 10));
+        // And after it, a commit is still refused, not applied.
+        let late = catalogue
+            .settle(order, product, Settlement::Commit)
             .await
             .unwrap();
-        assert!(matches!(again, Some(Settled::AlreadyDone(_))), "{again:?}");
-        assert_eq!(counts(&catalogue, product).await, (10, 10));
+        assert_eq!(late, Some(Settled::Contradicts(HoldState::Released)));
 
         // The next change of the product drops what this process wrote.
         let other = OrderId::new();
