@@ -478,6 +478,11 @@ impl Catalogue {
             }
             Err(StoreError::Exists(_)) => match self.hold(order_id, product_id).await? {
                 Some(hold) if hold == held => Ok(()),
+                // Another quantity, for the same order.
+                Some(HoldRecord {
+                    state: HoldState::Held,
+                    quantity,
+                }) => Err(ReserveError::OrderAlreadyReserved(quantity)),
                 // Settled meanwhile: the reservation was made, and is over.
                 Some(HoldRecord { state, .. }) => Err(ReserveError::AlreadySettled(state)),
                 // Gone again (a table that expires entries): not ours to judge.
@@ -900,5 +905,177 @@ mod crash_tests {
             catalogue.reserve(order, product, q(4), scheduled).await,
             Err(ReserveError::AlreadySettled(HoldState::Released))
         );
+    }
+
+    /// Writes `record` as the product, as an older version could have.
+    async fn store(catalogue: &Catalogue, record: ProductRecord) {
+        let key = record.id.to_string();
+        catalogue
+            .table
+            .put(&key, &Entry::Product(record))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn holds_kept_inside_an_older_record_are_counted_retried_and_settled_once() {
+        let catalogue = Catalogue::in_memory();
+        let (paid, failed) = (OrderId::new(), OrderId::new());
+        let id = ProductId::new();
+        let record = ProductRecord {
+            id,
+            name: Name::parse("Widget").unwrap(),
+            on_hand: 10,
+            held: 0,
+            pending: BTreeMap::new(),
+            holds: BTreeMap::from([(paid, 3), (failed, 2)]),
+        };
+        store(&catalogue, record).await;
+        assert_eq!(counts(&catalogue, id).await, (10, 5));
+
+        // A retried reserve gets the same answer and writes no hold key;
+        // another quantity is refused.
+        catalogue.reserve(paid, id, q(3), scheduled).await.unwrap();
+        assert_eq!(catalogue.hold(paid, id).await.unwrap(), None);
+        assert_eq!(
+            catalogue.reserve(paid, id, q(1), scheduled).await,
+            Err(ReserveError::OrderAlreadyReserved(3))
+        );
+        assert_eq!(counts(&catalogue, id).await, (10, 5));
+
+        // Committed: off the shelf; released: available again; each once.
+        for _ in 0..2 {
+            catalogue
+                .settle(paid, id, Settlement::Commit)
+                .await
+                .unwrap();
+            catalogue
+                .settle(failed, id, Settlement::Release)
+                .await
+                .unwrap();
+        }
+        assert_eq!(counts(&catalogue, id).await, (7, 7));
+    }
+
+    #[tokio::test]
+    async fn a_hold_found_written_answers_for_the_reservation() {
+        let catalogue = Catalogue::in_memory();
+        let product = widget(&catalogue, 10).await;
+        let (same, other, settled) = (OrderId::new(), OrderId::new(), OrderId::new());
+        let write = |order: OrderId, hold: HoldRecord| {
+            let key = hold_key(product, order);
+            let table = catalogue.table.clone();
+            async move { table.put(&key, &Entry::Hold(hold)).await.unwrap() }
+        };
+        write(same, held(3)).await;
+        write(other, held(5)).await;
+        let released = HoldRecord {
+            quantity: 3,
+            state: HoldState::Released,
+        };
+        write(settled, released).await;
+        assert_eq!(
+            catalogue.write_new_hold(same, product, held(3)).await,
+            Ok(())
+        );
+        assert_eq!(
+            catalogue.write_new_hold(other, product, held(3)).await,
+            Err(ReserveError::OrderAlreadyReserved(5))
+        );
+        assert_eq!(
+            catalogue.write_new_hold(settled, product, held(3)).await,
+            Err(ReserveError::AlreadySettled(HoldState::Released))
+        );
+        // A held hold never overwrites one written since (a repair that
+        // comes late).
+        assert!(catalogue
+            .write_hold(settled, product, held(3))
+            .await
+            .is_ok());
+        assert_eq!(
+            catalogue.hold(settled, product).await.unwrap(),
+            Some(released)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_racing_retry_counts_once_and_another_quantity_is_refused() {
+        let catalogue = Catalogue::in_memory();
+        let product = widget(&catalogue, 10).await;
+        let order = OrderId::new();
+        let count = |hold| catalogue.count_reservation(order, product, hold, true);
+        assert_eq!(count(held(3)).await, Ok(Counted::Now));
+        assert_eq!(count(held(3)).await, Ok(Counted::Before));
+        assert_eq!(
+            count(held(4)).await,
+            Err(ReserveError::OrderAlreadyReserved(3))
+        );
+        assert_eq!(counts(&catalogue, product).await, (10, 7));
+    }
+
+    #[tokio::test]
+    async fn a_product_seen_sold_out_refuses_without_a_deadline_one_with_stock_gets_one() {
+        let catalogue = Catalogue::in_memory();
+        let product = widget(&catalogue, 1).await;
+        let deadlines = std::sync::atomic::AtomicUsize::new(0);
+        let schedule = || async {
+            deadlines.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        };
+        catalogue
+            .reserve(OrderId::new(), product, q(1), schedule)
+            .await
+            .unwrap();
+        assert_eq!(deadlines.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(
+            catalogue
+                .reserve(OrderId::new(), product, q(1), schedule)
+                .await,
+            Err(ReserveError::InsufficientStock { available: 0 })
+        );
+        assert_eq!(deadlines.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(
+            Catalogue::with_table(Table::in_memory(), std::time::Duration::from_secs(7))
+                .hold_timeout(),
+            std::time::Duration::from_secs(7)
+        );
+    }
+
+    #[tokio::test]
+    async fn written_holds_are_forgotten_once_dropped_and_a_settled_hold_is_not_rewritten() {
+        let catalogue = Catalogue::in_memory();
+        let product = widget(&catalogue, 10).await;
+        let (first, second) = (OrderId::new(), OrderId::new());
+        catalogue
+            .reserve(first, product, q(1), scheduled)
+            .await
+            .unwrap();
+        assert!(catalogue.written_holds(product).contains_key(&first));
+        catalogue
+            .reserve(second, product, q(1), scheduled)
+            .await
+            .unwrap();
+        let written = catalogue.written_holds(product);
+        assert!(!written.contains_key(&first), "dropped from the record");
+        assert!(written.contains_key(&second));
+
+        // Settled, its note dropped: settling again rewrites nothing.
+        catalogue
+            .settle(first, product, Settlement::Release)
+            .await
+            .unwrap();
+        catalogue
+            .reserve(OrderId::new(), product, q(1), scheduled)
+            .await
+            .unwrap();
+        let key = hold_key(product, first);
+        let before = catalogue.table.get(&key).await.unwrap().unwrap().revision;
+        let again = catalogue
+            .settle(first, product, Settlement::Release)
+            .await
+            .unwrap();
+        assert!(matches!(again, Some(Settled::AlreadyDone(_))), "{again:?}");
+        let after = catalogue.table.get(&key).await.unwrap().unwrap().revision;
+        assert_eq!(before, after);
     }
 }
