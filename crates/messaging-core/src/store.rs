@@ -78,16 +78,6 @@ pub enum Change<V, T> {
     Keep(T),
 }
 
-/// What [`Table::modify_keys`] should do with its keys.
-#[derive(Debug)]
-pub enum Changes<V, T> {
-    /// Write these values, each by the index of its key, all or none; and
-    /// return `T`.
-    Write(Vec<(usize, V)>, T),
-    /// Leave every key as it is, and return `T`.
-    Keep(T),
-}
-
 /// How many times a compare-and-set is retried before giving up (a key this
 /// hot is a design problem, not something to spin on forever).
 const MAX_ATTEMPTS: usize = 1_000;
@@ -117,10 +107,6 @@ pub struct Table<V> {
     /// Bounded (least recently used go first); a stale entry only costs a
     /// failed compare-and-set and a fresh read.
     cache: Arc<Mutex<lru::LruCache<String, Versioned<V>>>>,
-    /// A durable table's JetStream context, for atomic batches.
-    jetstream: Option<jetstream::Context>,
-    /// Set once the bucket is known to take atomic batches.
-    atomic: Arc<tokio::sync::OnceCell<()>>,
     /// Read through the bucket's stream leader, never a replica that may lag
     /// (see [`Table::reading_from_leader`]).
     leader_reads: bool,
@@ -132,8 +118,6 @@ impl<V> Clone for Table<V> {
             backend: self.backend.clone(),
             stripes: self.stripes.clone(),
             cache: self.cache.clone(),
-            jetstream: self.jetstream.clone(),
-            atomic: self.atomic.clone(),
             leader_reads: self.leader_reads,
         }
     }
@@ -257,8 +241,6 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
             backend,
             stripes: stripes(),
             cache: cache(),
-            jetstream: Some(jetstream::new(client.clone())),
-            atomic: Arc::default(),
             leader_reads: false,
         })
     }
@@ -269,8 +251,6 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
             backend: Backend::Memory(Arc::default()),
             stripes: stripes(),
             cache: cache(),
-            jetstream: None,
-            atomic: Arc::default(),
             leader_reads: false,
         }
     }
@@ -636,187 +616,6 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
         Err(StoreError::Conflict(key.to_owned()).into())
     }
 
-    /// [`Table::modify`] for several keys at once: reads them, lets
-    /// `decide` choose what to write, and writes it **atomically**: every
-    /// value or none, and only if none of the keys changed since it was
-    /// read (each write carries its key's expected revision; a key read as
-    /// absent must still be absent). Otherwise it reads again and retries.
-    ///
-    /// A bucket stores one batch as one: nats-server's atomic batch publish
-    /// (ADR-50) of up to 1,000 messages, with a compare-and-set on each. So
-    /// a counter and the entries it counts (a product's held quantity and
-    /// its holds) cannot drift apart, whatever dies when.
-    ///
-    /// Local writers are queued on the first key's lock stripe: put the
-    /// contended key (the counter) first.
-    pub async fn modify_keys<T, E>(
-        &self,
-        keys: &[&str],
-        mut decide: impl FnMut(&[Option<&V>]) -> Result<Changes<V, T>, E>,
-    ) -> Result<T, E>
-    where
-        E: From<StoreError>,
-    {
-        let Some(first) = keys.first() else {
-            return match decide(&[])? {
-                Changes::Keep(result) | Changes::Write(_, result) => Ok(result),
-            };
-        };
-        let stripe = &self.stripes[stripe_of(first)];
-        // Values read outside the turn, to decide on first in the next one.
-        let mut read: Option<Vec<Option<Versioned<V>>>> = None;
-        let mut unread = true;
-        for _ in 0..MAX_ATTEMPTS {
-            let local_turn = stripe.lock().await;
-            // The first attempt reads nothing: each key is what this process
-            // last saw, or presumed absent (a new hold, say). A write from
-            // there proves it right, or fails its compare-and-set; any other
-            // decision is made again on fresh reads.
-            let (current, from_cache) = match read.take() {
-                Some(current) => (current, false),
-                None if std::mem::take(&mut unread) => {
-                    let mut cache = self.cache.lock().expect("cache lock");
-                    let current = keys.iter().map(|key| cache.get(*key).cloned()).collect();
-                    (current, true)
-                }
-                None => (self.read_all(keys).await?, false),
-            };
-            let values: Vec<Option<&V>> = current
-                .iter()
-                .map(|c| c.as_ref().map(|c| &c.value))
-                .collect();
-            // As in `modify`: only a write proves a cached value current. A
-            // refusal (a product sold out) is checked again outside the
-            // turn: refusals need not queue behind each other.
-            let change = match decide(&values) {
-                Err(_) if from_cache => {
-                    drop(local_turn);
-                    read = Some(self.read_all(keys).await?);
-                    continue;
-                }
-                decided => decided?,
-            };
-            let (writes, result) = match change {
-                Changes::Keep(_) if from_cache => {
-                    drop(local_turn);
-                    read = Some(self.read_all(keys).await?);
-                    continue;
-                }
-                Changes::Keep(result) => return Ok(result),
-                Changes::Write(writes, result) => (writes, result),
-            };
-            let batch: Vec<(&str, &V, u64)> = writes
-                .iter()
-                .map(|(index, value)| {
-                    let expected = current[*index].as_ref().map_or(0, |c| c.revision);
-                    (keys[*index], value, expected)
-                })
-                .collect();
-            match self.write_batch(&batch).await {
-                Ok(revisions) => {
-                    for ((key, value, _), revision) in batch.into_iter().zip(revisions) {
-                        self.remember(key, value.clone(), revision);
-                    }
-                    return Ok(result);
-                }
-                Err(StoreError::Conflict(_) | StoreError::Exists(_)) => continue,
-                Err(other) => return Err(other.into()),
-            }
-        }
-        Err(StoreError::Conflict(first.to_string()).into())
-    }
-
-    /// The current value of every key, read at once.
-    async fn read_all(&self, keys: &[&str]) -> Result<Vec<Option<Versioned<V>>>, StoreError> {
-        futures::future::try_join_all(keys.iter().map(|key| self.get(key))).await
-    }
-
-    /// Writes every `(key, value, expected revision)` or none; `0` expects
-    /// the key absent. The new revisions, in order.
-    async fn write_batch(&self, writes: &[(&str, &V, u64)]) -> Result<Vec<u64>, StoreError> {
-        if let [(key, value, expected)] = writes {
-            let revision = match expected {
-                0 => self.create_raw(key, value).await?,
-                _ => self.update(key, value, *expected).await?,
-            };
-            return Ok(vec![revision]);
-        }
-        let (store, jetstream) = match (&self.backend, &self.jetstream) {
-            (Backend::Memory(memory), _) => {
-                let mut memory = memory.lock().expect("table lock");
-                for (key, _, expected) in writes {
-                    let current = memory.rows.get(*key).map_or(0, |(_, revision)| *revision);
-                    if current != *expected {
-                        return Err(StoreError::Conflict(key.to_string()));
-                    }
-                }
-                return Ok(writes
-                    .iter()
-                    .map(|(key, value, _)| memory.write(key, encode(*value)))
-                    .collect());
-            }
-            (Backend::Kv(store), Some(jetstream)) => (store, jetstream),
-            (Backend::Kv(_), None) => unreachable!("a bucket's table has a JetStream context"),
-        };
-        // Only tables that write batches need their bucket to take them.
-        self.atomic
-            .get_or_try_init(|| allow_atomic_batches(jetstream, &store.name))
-            .await?;
-        use async_nats::header::{
-            NATS_BATCH_COMMIT, NATS_BATCH_COMMIT_FINAL, NATS_BATCH_ID, NATS_BATCH_SEQUENCE,
-            NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-        };
-        let batch_id = uuid::Uuid::new_v4().to_string();
-        let prefix = store.put_prefix.as_ref().unwrap_or(&store.prefix);
-        let last = writes.len() - 1;
-        let mut ack = None;
-        for (index, (key, value, expected)) in writes.iter().enumerate() {
-            if !is_valid_key(key) {
-                return Err(unavailable(format!("{key:?} is not a valid key")));
-            }
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(NATS_BATCH_ID, batch_id.as_str());
-            headers.insert(NATS_BATCH_SEQUENCE, (index + 1).to_string().as_str());
-            headers.insert(
-                NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-                expected.to_string().as_str(),
-            );
-            let subject = format!("{prefix}{key}");
-            if index < last {
-                // Only the commit is acknowledged: the server answers for
-                // the whole batch there (or drops it all).
-                jetstream
-                    .client()
-                    .publish_with_headers(subject, headers, encode(*value))
-                    .await
-                    .map_err(unavailable)?;
-            } else {
-                headers.insert(NATS_BATCH_COMMIT, NATS_BATCH_COMMIT_FINAL);
-                ack = Some(
-                    jetstream
-                        .publish_with_headers(subject, headers, encode(*value))
-                        .await
-                        .map_err(unavailable)?
-                        .await,
-                );
-            }
-        }
-        match ack.expect("a batch has a last message") {
-            // The batch is stored as one run of sequences ending at the
-            // commit's: each key's revision is its message's sequence.
-            Ok(ack) => Ok((0..writes.len() as u64)
-                .map(|i| ack.sequence - last as u64 + i)
-                .collect()),
-            Err(err)
-                if err.kind()
-                    == async_nats::jetstream::context::PublishErrorKind::WrongLastSequence =>
-            {
-                Err(StoreError::Conflict(writes[0].0.to_owned()))
-            }
-            Err(err) => Err(unavailable(err)),
-        }
-    }
-
     /// The value this process last wrote or read for `key`, if it still
     /// remembers it: a hint, maybe stale, never a basis for a decision
     /// that is not checked again.
@@ -832,29 +631,6 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
             .expect("cache lock")
             .put(key.to_owned(), entry);
     }
-}
-
-/// Lets the bucket `name` store atomic batches (see [`Table::modify_keys`]).
-/// A bucket's configuration has no such setting: it is its stream's.
-async fn allow_atomic_batches(js: &jetstream::Context, name: &str) -> Result<(), StoreError> {
-    let failed = |err: String| StoreError::Unavailable(format!("bucket {name}: {err}"));
-    let mut stream = js
-        .get_stream(format!("KV_{name}"))
-        .await
-        .map_err(|err| failed(err.to_string()))?;
-    let mut config = stream
-        .info()
-        .await
-        .map_err(|err| failed(err.to_string()))?
-        .config
-        .clone();
-    if !config.allow_atomic_publish {
-        config.allow_atomic_publish = true;
-        js.update_stream(config)
-            .await
-            .map_err(|err| failed(err.to_string()))?;
-    }
-    Ok(())
 }
 
 /// Whether `key` can be a key-value key (the same rule as async-nats's).
@@ -918,8 +694,6 @@ mod tests {
             backend: a.backend.clone(),
             stripes: stripes(),
             cache: cache(),
-            jetstream: None,
-            atomic: Arc::default(),
             leader_reads: false,
         };
         a.create("n", &0).await.unwrap(); // a now caches 0
@@ -1023,8 +797,6 @@ mod tests {
             backend: Backend::Memory(Arc::new(Mutex::new(Memory::with_max_age(Some(max_age))))),
             stripes: stripes(),
             cache: cache(),
-            jetstream: None,
-            atomic: Arc::default(),
             leader_reads: false,
         }
     }

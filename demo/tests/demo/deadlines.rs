@@ -33,14 +33,15 @@ fn options(deadline: Duration) -> ModuleOptions {
 
 /// User, product and order, with `deadline`: no payment module.
 async fn register_unpaid(client: &async_nats::Client, deadline: Duration) -> Vec<ModuleHandle> {
-    let options = options(deadline);
-    vec![
-        user::register_with(client.clone(), options).await.unwrap(),
-        product::register_with(client.clone(), options)
-            .await
-            .unwrap(),
-        order::register_with(client.clone(), options).await.unwrap(),
-    ]
+    let modules = demo::app::Modules::parse("user,product,order").unwrap();
+    demo::app::register_some(
+        client,
+        &modules,
+        PaymentConfig::default(),
+        options(deadline),
+    )
+    .await
+    .unwrap()
 }
 
 async fn without_payments(deadline: Duration) -> System {

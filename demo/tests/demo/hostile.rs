@@ -587,19 +587,13 @@ async fn a_broker_frozen_mid_order_never_turns_a_503_into_an_order() {
 }
 
 /// User, product, order and payment (instant payments) on `client`, with
-/// `options`: the modules in the order their handles are indexed.
+/// `options`: the modules in that order, as their handles are indexed.
 async fn register_all(
     client: &async_nats::Client,
     options: messaging_core::ModuleOptions,
 ) -> Vec<messaging_core::ModuleHandle> {
-    vec![
-        user::register_with(client.clone(), options).await.unwrap(),
-        product::register_with(client.clone(), options)
-            .await
-            .unwrap(),
-        order::register_with(client.clone(), options).await.unwrap(),
-        payment::register_with(client.clone(), instant_payments(), options)
-            .await
-            .unwrap(),
-    ]
+    let modules = demo::app::Modules::parse("user,product,order,payment").unwrap();
+    demo::app::register_some(client, &modules, instant_payments(), options)
+        .await
+        .unwrap()
 }
