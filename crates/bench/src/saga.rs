@@ -308,11 +308,13 @@ pub async fn run(
         ("durable", Storage::Durable),
         ("ephemeral", Storage::Memory),
     ] {
-        let stock = (orders * levels.len()).div_ceil(PRODUCTS) as u32 + 10;
+        // Enough for every level and the warm-up.
+        let warm_up = 200.min(orders);
+        let stock = (orders * levels.len() + warm_up).div_ceil(PRODUCTS) as u32 + 10;
         let system = System::start(Topology::single(storage), stock).await?;
         // Warm-up, not recorded.
         system
-            .load(16, 200.min(orders), &ProgressBar::hidden())
+            .load(16, warm_up, &ProgressBar::hidden())
             .await?;
         for &clients in levels {
             // One client at a time is slow: fewer orders keep the phase short.
