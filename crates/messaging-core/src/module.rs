@@ -157,6 +157,28 @@ impl Setup {
         .await
     }
 
+    /// Opens (creating it if needed) one of the module's tables as an index
+    /// of work in progress: its removed keys leave nothing behind (see
+    /// [`Table::open_index`]).
+    pub async fn index<V>(&self, bucket: &str) -> Result<Table<V>, StoreError>
+    where
+        V: serde::Serialize + serde::de::DeserializeOwned + Clone,
+    {
+        if !self.declaration.owns_bucket(bucket) {
+            return Err(StoreError::Undeclared {
+                module: self.declaration.name,
+                bucket: bucket.to_owned(),
+            });
+        }
+        Table::open_index(
+            self.bus.client(),
+            self.options.storage,
+            bucket,
+            &self.options.limits,
+        )
+        .await
+    }
+
     /// The module's bus, for work before serving (such as a recovery sweep).
     pub fn bus(&self) -> &Bus {
         &self.bus

@@ -88,6 +88,10 @@ const LOCK_STRIPES: usize = 256;
 /// How long [`Table::values`] may take (40,000 entries take 0.1 s).
 const READ_ALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long [`Table::values`] waits for the next entry of its watch before
+/// reading the bucket again (see there).
+const QUIET_WATCH: Duration = Duration::from_secs(1);
+
 /// How many recently written values a table remembers (see [`Table::modify`]).
 const CACHE_ENTRIES: usize = 8_192;
 
@@ -110,7 +114,16 @@ pub struct Table<V> {
     /// Read through the bucket's stream leader, never a replica that may lag
     /// (see [`Table::reading_from_leader`]).
     leader_reads: bool,
+    /// Removed keys leave a purge marker that expires by itself (see
+    /// [`Table::open_index`]), instead of being purged through the stream's API.
+    expiring_markers: bool,
 }
+
+/// How long the marker a removed key of an index leaves stays in its bucket:
+/// the shortest per-message TTL the server takes. Long enough for any
+/// reader that still had the key to see it removed, short enough that the
+/// bucket holds only live keys.
+const REMOVED_MARKER_TTL: Duration = Duration::from_secs(1);
 
 impl<V> Clone for Table<V> {
     fn clone(&self) -> Self {
@@ -119,6 +132,7 @@ impl<V> Clone for Table<V> {
             stripes: self.stripes.clone(),
             cache: self.cache.clone(),
             leader_reads: self.leader_reads,
+            expiring_markers: self.expiring_markers,
         }
     }
 }
@@ -206,6 +220,35 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
         max_age: Option<Duration>,
         limits: &Limits,
     ) -> Result<Self, StoreError> {
+        Self::open_bucket(client, storage, name, max_age, limits, false).await
+    }
+
+    /// Opens (creating it if needed) the bucket `name` as an index: a table
+    /// whose keys come and go (work in progress), and which must hold only
+    /// the live ones, however many came and went.
+    ///
+    /// [`Table::remove`] on it is one write, as cheap as a put: a purge
+    /// marker that drops the key's earlier messages and expires by itself
+    /// a second later (the bucket allows per-message TTLs). On other tables
+    /// it purges through the stream's API, a request the server answers
+    /// off its JetStream API queue, several times the cost of a write.
+    pub async fn open_index(
+        client: &async_nats::Client,
+        storage: Storage,
+        name: &str,
+        limits: &Limits,
+    ) -> Result<Self, StoreError> {
+        Self::open_bucket(client, storage, name, None, limits, true).await
+    }
+
+    async fn open_bucket(
+        client: &async_nats::Client,
+        storage: Storage,
+        name: &str,
+        max_age: Option<Duration>,
+        limits: &Limits,
+        expiring_markers: bool,
+    ) -> Result<Self, StoreError> {
         let backend = match storage {
             Storage::Memory => Backend::Memory(Arc::new(Mutex::new(Memory::with_max_age(max_age)))),
             Storage::Durable => {
@@ -220,6 +263,8 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
                         max_bytes: limits.bucket_max_bytes,
                         storage: jetstream::stream::StorageType::File,
                         num_replicas: limits.replicas_for(existing),
+                        // Per-message TTLs (the marker a removed key leaves).
+                        limit_markers: expiring_markers.then_some(REMOVED_MARKER_TTL),
                         ..Default::default()
                     };
                     js.create_or_update_key_value(config)
@@ -242,6 +287,7 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
             stripes: stripes(),
             cache: cache(),
             leader_reads: false,
+            expiring_markers,
         })
     }
 
@@ -252,6 +298,7 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
             stripes: stripes(),
             cache: cache(),
             leader_reads: false,
+            expiring_markers: false,
         }
     }
 
@@ -408,11 +455,17 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
                 Ok(())
             }
             Backend::Kv(store) => {
-                // A bucket's stream refuses to delete single messages, but
-                // purges by subject: the key's messages, markers included.
                 if !is_valid_key(key) {
                     return Ok(());
                 }
+                if self.expiring_markers {
+                    return store
+                        .purge_with_ttl(key, REMOVED_MARKER_TTL)
+                        .await
+                        .map_err(unavailable);
+                }
+                // A bucket's stream refuses to delete single messages, but
+                // purges by subject: the key's messages, markers included.
                 let subject = format!("{}{key}", store.prefix);
                 store
                     .stream
@@ -461,28 +514,39 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
             }
             Backend::Kv(store) => store,
         };
-        // Nothing stored means nothing will be delivered: ask first rather
-        // than wait on a watch that stays silent.
-        let info = store.stream.get_info().await.map_err(unavailable)?;
-        if info.state.messages == 0 {
-            return Ok(Vec::new());
-        }
-        let mut entries = store.watch_with_history(">").await.map_err(unavailable)?;
+        // Reading takes a watch over the bucket's history, last value per
+        // key. A watch delivers nothing when nothing is stored, and a
+        // removed key's marker in an index expires a second after it was
+        // written, maybe between the count and the watch, maybe while the
+        // watch delivers. So a watch that goes quiet before it reached the
+        // end is given up and the bucket read again from the start (values
+        // never expire, only markers do: the next reading finds the rest),
+        // and nothing stored means nothing to read.
         let read_all = async {
-            let mut values = Vec::new();
-            while let Some(entry) = entries.try_next().await.map_err(unavailable)? {
-                if entry.operation == kv::Operation::Put {
-                    values.push(decode(entry.key, &entry.value)?);
+            loop {
+                let info = store.stream.get_info().await.map_err(unavailable)?;
+                if info.state.messages == 0 {
+                    return Ok(Vec::new());
                 }
-                // `delta` counts what is still pending: the last one is 0.
-                if entry.delta == 0 {
-                    break;
+                let mut entries = store.watch_with_history(">").await.map_err(unavailable)?;
+                let mut values = Vec::new();
+                loop {
+                    let entry = match tokio::time::timeout(QUIET_WATCH, entries.try_next()).await {
+                        Ok(entry) => entry.map_err(unavailable)?,
+                        // Quiet: read again.
+                        Err(_) => break,
+                    };
+                    let Some(entry) = entry else { break };
+                    if entry.operation == kv::Operation::Put {
+                        values.push(decode(entry.key, &entry.value)?);
+                    }
+                    // `delta` counts what is still pending: the last one is 0.
+                    if entry.delta == 0 {
+                        return Ok(values);
+                    }
                 }
             }
-            Ok(values)
         };
-        // Bounded: a bucket purged between the count above and the watch
-        // would otherwise leave it waiting for entries that never come.
         tokio::time::timeout(READ_ALL_TIMEOUT, read_all)
             .await
             .map_err(|_| {

@@ -79,7 +79,7 @@ impl Orders {
     pub async fn open(setup: &Setup) -> Result<Self, StoreError> {
         Ok(Self {
             table: setup.table("orders", None).await?,
-            open: setup.table("orders_open", None).await?,
+            open: setup.index("orders_open").await?,
             known_users: known_users(),
             payment_timeout: setup.options().deadline,
         })
@@ -155,7 +155,8 @@ impl Orders {
 
     /// Drops the marker of an order found finished (or never stored).
     pub async fn close(&self, id: OrderId) -> Result<(), StoreError> {
-        // Erased, not marked deleted: the index must not grow with history.
+        // Erased, not marked deleted: the index must not grow with history
+        // (its purge marker expires by itself).
         self.open.remove(&id.to_string()).await
     }
 

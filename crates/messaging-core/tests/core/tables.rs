@@ -227,6 +227,76 @@ async fn a_removed_key_leaves_nothing_in_the_bucket_a_deleted_one_a_marker() {
 }
 
 #[tokio::test]
+async fn an_index_removes_a_key_with_one_write_and_ends_up_holding_only_live_keys() {
+    let app = spawn_broker().await;
+    let client = app.bus().client();
+    let index: Table<u32> =
+        Table::open_index(client, Storage::Durable, "progress", &bytes(1 << 20))
+            .await
+            .unwrap();
+    assert!(bucket_config(&app, "progress").await.allow_message_ttl);
+    let alike = Table::open_index(client, Storage::Durable, "alike", &bytes(1 << 20))
+        .await
+        .unwrap();
+    behaves_like_a_table(alike).await;
+    let stream = app
+        .bus()
+        .jetstream()
+        .get_stream("KV_progress")
+        .await
+        .unwrap();
+    let stored = || async { stream.get_info().await.unwrap().state.messages };
+    let sequence = || async { stream.get_info().await.unwrap().state.last_sequence };
+
+    let odd = "x-y/z_w=v.u";
+    for key in ["a", odd, "live"] {
+        index.put(key, &1).await.unwrap();
+    }
+    let before = sequence().await;
+    for key in ["a", odd] {
+        index.remove(key).await.unwrap();
+        assert_eq!(index.get(key).await.unwrap(), None, "{key}");
+    }
+    assert_eq!(sequence().await, before + 2, "one write per removal");
+    // The markers expire by themselves; meanwhile, and after, the index
+    // lists exactly its live keys, at once, however the reading and the
+    // expiry fall.
+    let expired = async {
+        loop {
+            let values = tokio::time::timeout(Duration::from_secs(10), index.values())
+                .await
+                .expect("an answer, not a wait for markers gone")
+                .unwrap();
+            let keys: Vec<_> = values.into_iter().map(|(key, _)| key).collect();
+            assert!(keys.contains(&"live".to_owned()), "{keys:?}");
+            assert!(!keys.iter().any(|k| k == "a" || k == odd), "{keys:?}");
+            let mut listed = index.keys().await.unwrap();
+            listed.sort();
+            assert!(!listed.iter().any(|k| k == "a" || k == odd), "{listed:?}");
+            // Only "live".
+            if stored().await == 1 {
+                break;
+            }
+            // Each reading is a consumer of the bucket: a few, not hundreds.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), expired)
+        .await
+        .expect("the markers expired");
+    // An index emptied entirely reads as empty, at once.
+    index.remove("live").await.unwrap();
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(10), index.values())
+            .await
+            .expect("an answer")
+            .unwrap(),
+        []
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_bucket_gone_is_an_error_not_an_empty_table() {
     let app = spawn_broker().await;
     let client = app.bus().client();
