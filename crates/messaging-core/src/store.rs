@@ -759,6 +759,7 @@ mod tests {
             stripes: stripes(),
             cache: cache(),
             leader_reads: false,
+            expiring_markers: false,
         };
         a.create("n", &0).await.unwrap(); // a now caches 0
         b.modify::<(), StoreError>("n", |n| Ok(Change::Write(n.unwrap() + 1, ())))
@@ -862,6 +863,7 @@ mod tests {
             stripes: stripes(),
             cache: cache(),
             leader_reads: false,
+            expiring_markers: false,
         }
     }
 
