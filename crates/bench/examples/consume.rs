@@ -17,8 +17,18 @@ impl Event for Tick {
     const SUBJECT: &'static str = "events.prof.tick";
 }
 
-async fn count(c: Arc<AtomicU64>, _: Context, _: Tick) -> Result<(), EventError> {
-    c.fetch_add(1, Ordering::Relaxed);
+/// Counts events; the one that makes `total` tells `done` (waiting on the
+/// module's live counters would wake the waiter at every event).
+struct Counter {
+    seen: AtomicU64,
+    total: u64,
+    done: tokio::sync::Notify,
+}
+
+async fn count(c: Arc<Counter>, _: Context, _: Tick) -> Result<(), EventError> {
+    if c.seen.fetch_add(1, Ordering::Relaxed) + 1 == c.total {
+        c.done.notify_one();
+    }
     Ok(())
 }
 
@@ -44,7 +54,11 @@ async fn main() -> anyhow::Result<()> {
     for a in acks.drain(..) {
         a.await?;
     }
-    let counter = Arc::new(AtomicU64::new(0));
+    let counter = Arc::new(Counter {
+        seen: AtomicU64::new(0),
+        total,
+        done: tokio::sync::Notify::new(),
+    });
     const PROF: Declaration = Declaration {
         name: "prof",
         description: "",
@@ -58,14 +72,12 @@ async fn main() -> anyhow::Result<()> {
     let options = ModuleOptions::with_storage(Storage::Memory);
     let mut m = Module::setup(bus.client().clone(), &PROF, "0.1.0", options)
         .await?
-        .start(counter)
+        .start(counter.clone())
         .await?;
     let t0 = Instant::now();
     m.on_event("count", count).await?;
     let m = m.running();
-    m.handled(Tick::SUBJECT, total, Duration::from_secs(600))
-        .await
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(600), counter.done.notified()).await?;
     println!(
         "consumed {total} in {:?}: {:.0}/s",
         t0.elapsed(),
