@@ -107,14 +107,33 @@ impl Orders {
         order: Order,
         correlation_id: uuid::Uuid,
     ) -> Result<OrderRecord, StoreError> {
+        // The marker first: an order stored is always findable at restart.
+        self.mark_open(order.id).await?;
+        self.store_new(order, correlation_id).await
+    }
+
+    /// The first step of [`Orders::insert`]: the order's marker in the
+    /// open-order index (harmless if the order is then never stored: the
+    /// next recovery sweep drops it).
+    pub async fn mark_open(&self, id: OrderId) -> Result<(), StoreError> {
+        self.open
+            .put(&id.to_string(), &now_millis())
+            .await
+            .map(drop)
+    }
+
+    /// The second step of [`Orders::insert`], once the order is marked open.
+    pub async fn store_new(
+        &self,
+        order: Order,
+        correlation_id: uuid::Uuid,
+    ) -> Result<OrderRecord, StoreError> {
         let record = OrderRecord {
             order,
             reason: None,
             correlation_id: Some(correlation_id),
         };
         let key = record.order.id.to_string();
-        // The marker first: an order stored is always findable at restart.
-        self.open.put(&key, &now_millis()).await?;
         self.table.create_or_get(&key, record).await
     }
 
