@@ -98,3 +98,59 @@ async fn replicas_a_single_server_cannot_keep_are_refused_with_a_clear_error() {
     assert!(text.to_lowercase().contains("replica"), "{text}");
     app.shutdown().await;
 }
+
+/// Which way ten reads of a table opened with `replicas`, read for
+/// decisions ([`Table::reading_from_leader`]), went: (through the stream
+/// leader, direct gets), as seen by a subscriber to both API subjects.
+async fn ten_reads(client: &async_nats::Client, replicas: usize) -> (usize, usize) {
+    use futures::StreamExt;
+    use messaging_core::store::Table;
+    let limits = Limits::replicated(replicas);
+    let table: Table<u32> = Table::open(client, Storage::Durable, "decided", None, &limits)
+        .await
+        .unwrap()
+        .reading_from_leader();
+    table.put("k", &7).await.unwrap();
+    let mut leader = client
+        .subscribe("$JS.API.STREAM.MSG.GET.KV_decided")
+        .await
+        .unwrap();
+    let mut direct = client
+        .subscribe("$JS.API.DIRECT.GET.KV_decided.>")
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    // A round trip: the server has both subscriptions before the reads.
+    jetstream::new(client.clone())
+        .query_account()
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        assert_eq!(table.get("k").await.unwrap().unwrap().value, 7);
+    }
+    let (mut through_leader, mut directly) = (0, 0);
+    let counted = async {
+        while through_leader + directly < 10 {
+            tokio::select! {
+                Some(_) = leader.next() => through_leader += 1,
+                Some(_) = direct.next() => directly += 1,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), counted)
+        .await
+        .expect("each read seen");
+    (through_leader, directly)
+}
+
+#[tokio::test]
+async fn a_replicated_table_read_for_decisions_reads_through_its_leader_a_single_one_directly() {
+    // Three replicas: one may lag, so every read goes to the leader.
+    let cluster = spawn_cluster().await;
+    assert_eq!(ten_reads(cluster.bus().client(), 3).await, (10, 0));
+    cluster.shutdown().await;
+    // One replica: nothing can lag, and a direct get costs half.
+    let single = spawn_broker().await;
+    assert_eq!(ten_reads(single.bus().client(), 1).await, (0, 10));
+    single.shutdown().await;
+}
