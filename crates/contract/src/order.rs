@@ -188,14 +188,28 @@ impl Event for OrderCancelled {
     const SUBJECT: &'static str = CANCELLED;
 }
 
-/// `deadlines.order.payment_due`: the payment deadline of an order came. A
-/// pending order then fails (`payment_timeout`); any other is left as is.
+/// `deadlines.order.payment_due`: payment deadlines came. Every pending
+/// order placed at least a payment timeout ago then fails
+/// (`payment_timeout`); any other is left as is.
+///
+/// One such event covers every order placed in a short slot of time (a
+/// tenth of the timeout, at most a second), not one order: the broker holds
+/// a handful of schedules however many orders are waiting for payment, and
+/// no event comes for an order paid in time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PaymentDue {
-    pub order_id: OrderId,
-    /// This deadline found no order once already: it looks a second and
-    /// last time (an order stored late, after a broker freeze, still gets
-    /// its deadline).
+    /// The end of the slot (milliseconds since the Unix epoch): orders
+    /// placed up to then are due now. (Orders placed later are looked at
+    /// too, and left until they are due.)
+    #[serde(default)]
+    pub placed_by: u64,
+    /// The order of a deadline of one order, as an earlier version
+    /// scheduled them; handled like any other (every due order is looked at).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<OrderId>,
+    /// This is the second and last look at the slot, a timeout after the
+    /// first (an order stored late, after a broker freeze, still gets its
+    /// deadline).
     #[serde(default)]
     pub second_look: bool,
 }

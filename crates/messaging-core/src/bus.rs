@@ -82,6 +82,21 @@ pub struct Published {
     pub duplicate: bool,
 }
 
+/// How long to wait before asking again about an event that is being
+/// stored by another publisher (doubling each time, up to the last).
+const DUPLICATE_IN_PROCESS_FIRST_WAIT: Duration = Duration::from_millis(5);
+const DUPLICATE_IN_PROCESS_LAST_WAIT: Duration = Duration::from_millis(640);
+
+/// Whether the stream refused a publish because a message with the same id
+/// is being stored at that moment (`10158`, from a replicated stream).
+fn duplicate_in_process(err: &jetstream::context::PublishError) -> bool {
+    std::error::Error::source(err)
+        .and_then(|source| source.downcast_ref::<jetstream::Error>())
+        .is_some_and(|err| {
+            err.error_code() == jetstream::ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT
+        })
+}
+
 impl Bus {
     pub fn new(client: Client) -> Self {
         Self {
@@ -423,11 +438,32 @@ impl Bus {
             Some(schedule) => schedule.clone(),
             None => event.subject.to_owned(),
         };
-        self.inner
-            .jetstream
-            .publish_with_headers(subject, event.headers.clone(), event.payload.clone())
-            .await?
-            .await
+        let mut wait = DUPLICATE_IN_PROCESS_FIRST_WAIT;
+        loop {
+            let stored = self
+                .inner
+                .jetstream
+                .publish_with_headers(
+                    subject.clone(),
+                    event.headers.clone(),
+                    event.payload.clone(),
+                )
+                .await?
+                .await;
+            match stored {
+                // The same event is being stored right now, by another
+                // publisher (a replicated stream says so instead of waiting):
+                // ask again shortly, to learn whether it was stored (then
+                // this one is a duplicate) or failed (then this one stores it).
+                Err(err)
+                    if duplicate_in_process(&err) && wait <= DUPLICATE_IN_PROCESS_LAST_WAIT =>
+                {
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Watches the events of one subject stored from now on (every watcher

@@ -83,20 +83,14 @@ pub async fn place_order(
     })?;
 
     // The deadline goes to the broker before the order is stored: an order
-    // that exists always has one (a deadline for an order never stored
-    // finds nothing to do; its hold has a deadline of its own). So does its
-    // marker in the open-order index; the two are independent, and are
-    // written side by side (one round trip less on every placement).
-    let due = PaymentDue {
-        order_id: order.id,
-        second_look: false,
-    };
-    // One deadline per attempt: a retry's own (the same fact again would be
-    // dropped as a duplicate within two minutes, and the first attempt's
-    // deadline may have come and found nothing).
-    let attempt = fact(order.id, format!("payment_due/{}", uuid::Uuid::new_v4()));
-    let deadline = ctx.schedule_fact(&due, &attempt, orders.payment_timeout());
-    let (scheduled, marked) = tokio::join!(deadline, orders.mark_open(order.id));
+    // that exists always has a payment sweep coming (a sweep finds nothing
+    // to do for an order never stored; its hold has a deadline of its own).
+    // So does its marker in the open-order index, which the sweep reads; the
+    // two are independent, and are written side by side.
+    let (scheduled, marked) = tokio::join!(
+        ensure_payment_sweep(&orders, &ctx),
+        orders.mark_open(order.id)
+    );
     scheduled?;
     marked?;
     // A hold whose order is not stored by its deadline is released. So an
@@ -185,50 +179,128 @@ pub async fn payment_failed(
     Ok(())
 }
 
-/// `deadlines.order.payment_due`: an order still `pending` when its payment
-/// deadline comes fails with `payment_timeout`; the product module then
-/// releases its hold and the payment module voids or refunds whatever
-/// payment comes for it (both on `events.order.failed`). An order that went
-/// on meanwhile (paid, cancelled) is left as it is.
+/// `deadlines.order.payment_due`: the payment sweep of a slot of time. Every
+/// order still `pending` a payment timeout after it was placed fails with
+/// `payment_timeout`; the product module then releases its hold and the
+/// payment module voids or refunds whatever payment comes for it (both on
+/// `events.order.failed`). An order that went on (paid, cancelled) is left
+/// as it is; one not due yet is left to a sweep when it is.
+///
+/// The orders are found in the open-order index (only unfinished orders are
+/// there), whatever slot they were placed in: a sweep late or repeated
+/// changes nothing, and one missing is made up for by the next.
 pub async fn payment_due(
     orders: Arc<Orders>,
     ctx: Context,
     event: PaymentDue,
 ) -> Result<(), EventError> {
-    let id = event.order_id;
+    use futures::StreamExt;
+    let timeout = orders.payment_timeout();
+    let mut due = Vec::new();
+    let mut earliest_waiting: Option<std::time::Duration> = None;
+    for (id, age) in orders.open_orders().await? {
+        if age >= timeout {
+            due.push(id);
+        } else {
+            earliest_waiting = earliest_waiting.max(Some(age));
+        }
+    }
+    // Several at a time: after an outage of the payment module, a sweep
+    // fails many orders.
+    let expired = futures::stream::iter(due)
+        .map(|id| expire_if_unpaid(&orders, &ctx, id))
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    for result in expired {
+        result?;
+    }
+    // The oldest order not due yet gets a sweep when it is: its own slot's
+    // may be missing (its placement scheduled it, then the broker froze and
+    // fired it before the order's marker was written).
+    if let Some(age) = earliest_waiting {
+        let placed = now_millis().saturating_sub(age.as_millis() as u64);
+        schedule_payment_sweep(&orders, &ctx, orders.slot_end(placed), false).await?;
+    }
+    // A second and last look at this slot, a timeout later: an order stored
+    // late (its writes held up in a frozen broker, which fires this sweep
+    // as soon as it runs again) is seen then.
+    if !event.second_look {
+        schedule_payment_sweep(&orders, &ctx, event.placed_by, true).await?;
+    }
+    Ok(())
+}
+
+/// Fails order `id` with `payment_timeout` if it is still pending.
+async fn expire_if_unpaid(orders: &Orders, ctx: &Context, id: OrderId) -> Result<(), EventError> {
     match orders.get(id).await? {
         Some(record) if record.order.status == OrderStatus::Pending => {}
         Some(record) => {
             tracing::debug!(order_id = %id, status = %record.order.status, "payment deadline of an order that went on");
             return Ok(());
         }
-        // Not stored: the placement died after scheduling it, or stores it
-        // late (its write held up in a frozen broker, which fires the
-        // deadline as soon as it runs again). One more look, a deadline
-        // later; then there is no order.
-        None if !event.second_look => {
-            let again = PaymentDue {
-                order_id: id,
-                second_look: true,
-            };
-            let fact = fact(id, "payment_due/second_look");
-            ctx.schedule_fact(&again, &fact, orders.payment_timeout())
-                .await?;
-            return Ok(());
-        }
+        // A marker whose order is not stored (yet, or ever): the recovery
+        // sweep decides about it at the next start.
         None => return Ok(()),
     }
     let reason = format!(
         "{PAYMENT_TIMEOUT}: not paid within {}",
         humantime::format_duration(orders.payment_timeout())
     );
-    match advance(&orders, &ctx, id, OrderStatus::Failed, Some(&reason)).await {
+    // The order is in this sweep's flow: one flow per order would need its
+    // correlation id, kept in its record.
+    match advance(orders, ctx, id, OrderStatus::Failed, Some(&reason)).await {
         Ok(_) => Ok(()),
         // Paid or cancelled between the read and the write: the race is
         // decided, and not by the deadline.
         Err(err) if INVALID_TRANSITION.is(&err) => Ok(()),
         Err(err) => Err(err.into()),
     }
+}
+
+/// Makes sure the payment sweep of the slot of time we are in is with the
+/// broker: one schedule per slot and process (the broker drops the others'
+/// as duplicates), not one per order.
+async fn ensure_payment_sweep(orders: &Orders, ctx: &Context) -> Result<(), ServiceError> {
+    let slot = orders.current_slot();
+    if orders.slot_swept(slot) {
+        return Ok(());
+    }
+    schedule_payment_sweep(orders, ctx, slot, false).await?;
+    orders.note_slot_swept(slot);
+    Ok(())
+}
+
+/// Schedules the sweep of the orders placed by `placed_by` (the end of a
+/// slot, ms since the Unix epoch) for a payment timeout after it (the
+/// second look: a timeout after that). The fact names the slot, so the
+/// same sweep scheduled again within two minutes (by another instance, or
+/// a sweep asking for it) is dropped as a duplicate.
+async fn schedule_payment_sweep(
+    orders: &Orders,
+    ctx: &Context,
+    placed_by: u64,
+    second_look: bool,
+) -> Result<(), messaging_core::PublishError> {
+    let timeout = orders.payment_timeout();
+    let looks = if second_look { 2 } else { 1 };
+    let due = std::time::UNIX_EPOCH + std::time::Duration::from_millis(placed_by) + timeout * looks;
+    let after = due
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    let sweep = PaymentDue {
+        placed_by,
+        order_id: None,
+        second_look,
+    };
+    let fact = format!("orders/payment_due/{placed_by}/{looks}");
+    ctx.schedule_fact(&sweep, &fact, after).await.map(drop)
+}
+
+fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// `events.product.stock.updated`: a committed reservation fulfils a paid order.

@@ -65,7 +65,16 @@ pub struct Orders {
     known_users: std::sync::Mutex<lru::LruCache<UserId, ()>>,
     /// How long a placed order may wait for its payment.
     payment_timeout: std::time::Duration,
+    /// The end of the last slot of time (ms since the Unix epoch) whose
+    /// payment sweep this process got the broker to take (0: none yet).
+    swept_slot: std::sync::atomic::AtomicU64,
 }
+
+/// The longest slot of time one payment sweep covers: deadlines come at
+/// most this late.
+const LONGEST_SLOT: std::time::Duration = std::time::Duration::from_secs(1);
+/// The shortest: fewer sweeps for short timeouts (tests, demos).
+const SHORTEST_SLOT: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// How many known users are remembered.
 const KNOWN_USERS: usize = 4_096;
@@ -82,12 +91,41 @@ impl Orders {
             open: setup.index("orders_open").await?,
             known_users: known_users(),
             payment_timeout: setup.options().deadline,
+            swept_slot: Default::default(),
         })
     }
 
     /// How long a placed order may wait for its payment before it fails.
     pub fn payment_timeout(&self) -> std::time::Duration {
         self.payment_timeout
+    }
+
+    /// How long a slot of payment deadlines is: a tenth of the timeout,
+    /// within [`SHORTEST_SLOT`] and [`LONGEST_SLOT`].
+    pub fn slot_length(&self) -> std::time::Duration {
+        (self.payment_timeout / 10).clamp(SHORTEST_SLOT, LONGEST_SLOT)
+    }
+
+    /// The end of the slot of time `at_ms` (ms since the Unix epoch) falls in.
+    pub fn slot_end(&self, at_ms: u64) -> u64 {
+        let length = (self.slot_length().as_millis() as u64).max(1);
+        at_ms.div_ceil(length).saturating_mul(length)
+    }
+
+    /// The end of the slot of time this very moment falls in.
+    pub fn current_slot(&self) -> u64 {
+        self.slot_end(now_millis())
+    }
+
+    /// Whether this process already got the sweep of slot `end` scheduled.
+    pub fn slot_swept(&self, end: u64) -> bool {
+        self.swept_slot.load(std::sync::atomic::Ordering::SeqCst) == end
+    }
+
+    /// Notes that the broker took the sweep of slot `end`.
+    pub fn note_slot_swept(&self, end: u64) {
+        self.swept_slot
+            .fetch_max(end, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Orders in memory (for unit tests).
@@ -97,6 +135,7 @@ impl Orders {
             open: Table::in_memory(),
             known_users: known_users(),
             payment_timeout: messaging_core::DEFAULT_DEADLINE,
+            swept_slot: Default::default(),
         }
     }
 

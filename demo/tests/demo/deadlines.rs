@@ -286,8 +286,8 @@ async fn a_deadline_that_comes_while_the_system_is_down_fires_once_when_it_is_ba
 
     // Everything stops before the deadline...
     shutdown_all(std::mem::take(&mut system.modules)).await;
-    // ...and the broker fires it with nothing of ours running.
-    due.next_matching(WAIT, |e| e.event.order_id == order.id)
+    // ...and the broker fires its slot's sweep with nothing of ours running.
+    due.next_matching(WAIT, |e| !e.event.second_look)
         .await
         .unwrap();
     let asked = system.bus().request(&GetOrder { id: order.id }).await;
@@ -309,9 +309,10 @@ async fn a_deadline_that_comes_while_the_system_is_down_fires_once_when_it_is_ba
     let after = system.get_product(&product).await;
     assert_eq!((after.stock, after.available), (10, 10));
 
-    // Once: one deadline fired, one failure stored.
+    // Once: one failure stored (the sweep fired once, and looks a second
+    // time a timeout later, which changes nothing).
     let fired = stored_on(&system, DEADLINES_STREAM, PaymentDue::SUBJECT).await;
-    assert_eq!(fired, 1);
+    assert!((1..=2).contains(&fired), "{fired} sweeps");
     let failures = stored_on(&system, EVENTS_STREAM, OrderFailed::SUBJECT).await;
     assert_eq!(failures, 1);
     assert_no_dead_letters(&system).await;

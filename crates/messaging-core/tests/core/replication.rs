@@ -154,3 +154,48 @@ async fn a_replicated_table_read_for_decisions_reads_through_its_leader_a_single
     assert_eq!(ten_reads(single.bus().client(), 1).await, (0, 10));
     single.shutdown().await;
 }
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Tally {
+    n: u32,
+}
+impl messaging_core::Event for Tally {
+    const SUBJECT: &'static str = "events.ledger.tally";
+}
+
+#[tokio::test]
+async fn one_event_published_by_many_at_once_on_a_replicated_stream_is_stored_once_and_all_are_answered(
+) {
+    let cluster = spawn_cluster().await;
+    let client = cluster.bus().client().clone();
+    let limits = Limits::replicated(3);
+    messaging_core::ensure_stream(&client, &limits)
+        .await
+        .unwrap();
+    let bus = messaging_core::Bus::new(client.clone());
+    for round in 0..5 {
+        // The same fact (the same event id) from 16 publishers at once: a
+        // replicated stream answers "being stored" to those that come while
+        // the first is in process; they ask again until it is stored.
+        let meta = messaging_core::EventMeta {
+            event_id: uuid::Uuid::new_v4(),
+            correlation_id: uuid::Uuid::new_v4(),
+        };
+        let publishers = (0..16).map(|_| {
+            let bus = bus.clone();
+            async move { bus.publish_as(&Tally { n: round }, meta).await }
+        });
+        let results = futures::future::join_all(publishers).await;
+        let stored: Vec<_> = results
+            .into_iter()
+            .map(|result| result.expect("every publisher answered, none refused"))
+            .collect();
+        assert_eq!(
+            stored.iter().filter(|p| !p.duplicate).count(),
+            1,
+            "stored once, the others told it is a duplicate"
+        );
+        assert!(stored.iter().all(|p| p.sequence == stored[0].sequence));
+    }
+    cluster.shutdown().await;
+}
