@@ -97,6 +97,14 @@ fn duplicate_in_process(err: &jetstream::context::PublishError) -> bool {
         })
 }
 
+/// The id a deadline key's schedule is stored under.
+fn key_id(key: &str) -> Uuid {
+    Uuid::new_v5(
+        &crate::context::ID_NAMESPACE,
+        format!("deadline\n{key}").as_bytes(),
+    )
+}
+
 impl Bus {
     pub fn new(client: Client) -> Self {
         Self {
@@ -323,6 +331,68 @@ impl Bus {
             .insert(async_nats::header::NATS_SCHEDULE_TARGET, subject);
         outgoing.schedule = Some(crate::events::schedule_subject(subject, meta.event_id));
         self.send_event(&outgoing).await
+    }
+
+    /// Schedules `event` like [`Bus::schedule_as`], as *the* deadline of
+    /// `key` (a hold, say): one schedule per key, which the next one for the
+    /// same key replaces (whatever its event id), and which
+    /// [`Bus::cancel_schedule`] takes back.
+    pub async fn schedule_keyed_as<E: Event>(
+        &self,
+        event: &E,
+        meta: EventMeta,
+        key: &str,
+        at: std::time::SystemTime,
+    ) -> Result<Published, PublishError> {
+        let subject = E::SUBJECT;
+        if let Some(module) = self.inner.declaration {
+            if !module.schedules(subject) {
+                let module = module.name;
+                return Err(PublishError::Undeclared { subject, module });
+            }
+        }
+        let mut outgoing = self.encode(event, meta)?;
+        let when = format!("@at {}", humantime::format_rfc3339_millis(at));
+        let headers = &mut outgoing.headers;
+        headers.insert(async_nats::header::NATS_SCHEDULE, when.as_str());
+        headers.insert(async_nats::header::NATS_SCHEDULE_TARGET, subject);
+        // Replaces whatever was scheduled for the key before.
+        headers.insert(async_nats::header::NATS_ROLLUP, "sub");
+        outgoing.schedule = Some(crate::events::schedule_subject(subject, key_id(key)));
+        self.send_event(&outgoing).await
+    }
+
+    /// Takes back the deadline of `key` scheduled with
+    /// [`Bus::schedule_keyed_as`], if it has not fired yet: what stays in
+    /// its place is a marker that expires a second later. Cancelling a
+    /// deadline that fired, or was never scheduled, changes nothing.
+    ///
+    /// One write, where letting the deadline fire costs a write, a delivery
+    /// and the handler's reads; and the broker keeps a schedule in memory
+    /// until it fires: a deadline per order, never cancelled, is as many
+    /// schedules as orders in the timeout (measured: the durable saga's rate
+    /// fell to 0.63x over 200,000 orders, 0.93x without them).
+    pub async fn cancel_schedule<E: Event>(&self, key: &str) -> Result<(), PublishError> {
+        let subject = E::SUBJECT;
+        if let Some(module) = self.inner.declaration {
+            if !module.schedules(subject) {
+                let module = module.name;
+                return Err(PublishError::Undeclared { subject, module });
+            }
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(async_nats::header::NATS_ROLLUP, "sub");
+        headers.insert(async_nats::header::NATS_MESSAGE_TTL, "1");
+        let wire = crate::events::schedule_subject(subject, key_id(key));
+        let failed = |reason: String| PublishError::Stream { subject, reason };
+        self.inner
+            .jetstream
+            .publish_with_headers(wire, headers, bytes::Bytes::new())
+            .await
+            .map_err(|err| failed(err.to_string()))?
+            .await
+            .map_err(|err| failed(err.to_string()))?;
+        Ok(())
     }
 
     /// Publishes like [`Bus::publish_as`]; if the stream cannot take the

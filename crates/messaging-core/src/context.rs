@@ -9,7 +9,7 @@ use crate::events::EventMeta;
 use crate::message::{Event, Rpc};
 
 /// Namespace of the deterministic (v5) ids derived by [`Context`].
-const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6d0b_6f1e_5a84_4c59_9a3e_1f7e_c0de_5eed);
+pub(crate) const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6d0b_6f1e_5a84_4c59_9a3e_1f7e_c0de_5eed);
 
 /// The context of one request or event being handled.
 #[derive(Clone, Debug)]
@@ -139,6 +139,28 @@ impl Context {
     /// derived from `fact`, so scheduling the same fact again (a redelivery)
     /// is the same schedule, not a second deadline (see `schedule_as` on
     /// what "again" means after a while).
+    /// Schedules `event` like [`Context::schedule_fact`], as the deadline of
+    /// `key`: it replaces whatever was scheduled for `key` before, and
+    /// [`Context::cancel_schedule`] takes it back (see
+    /// [`Bus::schedule_keyed_as`]).
+    pub async fn schedule_keyed<E: Event>(
+        &self,
+        event: &E,
+        fact: &str,
+        key: &str,
+        after: std::time::Duration,
+    ) -> Result<Published, PublishError> {
+        let at = std::time::SystemTime::now() + after;
+        self.bus
+            .schedule_keyed_as(event, self.fact_meta(fact), key, at)
+            .await
+    }
+
+    /// Takes back the deadline of `key`, if it has not fired yet.
+    pub async fn cancel_schedule<E: Event>(&self, key: &str) -> Result<(), PublishError> {
+        self.bus.cancel_schedule::<E>(key).await
+    }
+
     pub async fn schedule_fact<E: Event>(
         &self,
         event: &E,

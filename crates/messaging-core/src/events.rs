@@ -110,6 +110,10 @@ pub(crate) fn deadlines_config(limits: &Limits) -> async_nats::jetstream::stream
         max_message_size: limits.event_max_size,
         discard: stream::DiscardPolicy::Old,
         allow_message_schedules: true,
+        // A keyed schedule replaces the one before it (a rollup of its
+        // subject); a cancellation is a rollup marker that expires.
+        allow_rollup: true,
+        allow_message_ttl: true,
         num_replicas: limits.replicas.max(1),
         ..Default::default()
     }

@@ -60,9 +60,12 @@ pub async fn reserve_stock(
             product_id,
             second_look: false,
         };
-        // One deadline per attempt (as for an order's payment deadline).
+        // One deadline per attempt (the same fact again would be dropped as
+        // a duplicate within two minutes), each the hold's: it replaces the
+        // one before, and goes when the hold is settled.
         let fact = format!("hold/{product_id}/{order_id}/due/{}", uuid::Uuid::new_v4());
-        ctx.schedule_fact(&due, &fact, catalogue.hold_timeout())
+        let key = deadline_key(order_id, product_id);
+        ctx.schedule_keyed(&due, &fact, &key, catalogue.hold_timeout())
             .await
             .map(drop)
             .map_err(|err| err.to_string())
@@ -121,7 +124,8 @@ pub async fn hold_due(
                 ..event
             };
             let fact = format!("hold/{product_id}/{order_id}/due/second_look");
-            ctx.schedule_fact(&again, &fact, catalogue.hold_timeout())
+            let key = deadline_key(order_id, product_id);
+            ctx.schedule_keyed(&again, &fact, &key, catalogue.hold_timeout())
                 .await?;
             return Ok(());
         }
@@ -160,13 +164,14 @@ async fn wait_again(
     product_id: ProductId,
 ) -> Result<(), EventError> {
     let after = ctx.derive_id("hold_due_again");
-    ctx.schedule_fact(
+    ctx.schedule_keyed(
         &HoldDue {
             order_id,
             product_id,
             second_look: false,
         },
         &format!("hold/{product_id}/{order_id}/due/{after}"),
+        &deadline_key(order_id, product_id),
         catalogue.hold_timeout(),
     )
     .await?;
@@ -254,6 +259,22 @@ async fn settle(
         order_id,
         change,
     };
-    ctx.publish_fact(&event, &fact).await?;
+    // The hold is settled for good: its deadline has nothing left to do.
+    // Taken back rather than left to fire, side by side with the event.
+    let key = deadline_key(order_id, product_id);
+    let (published, cancelled) = tokio::join!(
+        ctx.publish_fact(&event, &fact),
+        ctx.cancel_schedule::<HoldDue>(&key)
+    );
+    published?;
+    if let Err(err) = cancelled {
+        // Harmless: the deadline fires, and finds the hold settled.
+        tracing::debug!(%order_id, %product_id, %err, "hold deadline not taken back");
+    }
     Ok(())
+}
+
+/// The key of a hold's deadline: one live deadline per hold.
+fn deadline_key(order_id: OrderId, product_id: ProductId) -> String {
+    format!("hold/{product_id}/{order_id}")
 }

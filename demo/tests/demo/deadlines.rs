@@ -318,3 +318,45 @@ async fn a_deadline_that_comes_while_the_system_is_down_fires_once_when_it_is_ba
     assert_no_dead_letters(&system).await;
     system.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_hold_settled_takes_its_deadline_back_and_the_broker_keeps_no_schedule_for_it() {
+    // The default timeout (30 s): nothing fires during the test.
+    let system = crate::support::spawn_system(Some(instant_payments())).await;
+    let mut fulfilled = system.bus().watch::<OrderFulfilled>().await.unwrap();
+    let mut released = system.bus().watch::<StockUpdated>().await.unwrap();
+    let user = system.user().await;
+    let product = system.product(10).await;
+    let paid = system.place(&user, &product, 2).await.unwrap();
+    fulfilled
+        .next_matching(WAIT, |e| e.event.order.id == paid.id)
+        .await
+        .unwrap();
+    let cancelled = system.place(&user, &product, 1).await.unwrap();
+    system
+        .bus()
+        .request(&contract::order::CancelOrder { id: cancelled.id })
+        .await
+        .unwrap();
+    released
+        .next_matching(WAIT, |e| {
+            e.event.order_id == cancelled.id && e.event.change == StockChange::Released
+        })
+        .await
+        .unwrap();
+    // Both holds were settled: neither schedule stays with the broker until
+    // its timeout (what is left of a cancellation expires in a second).
+    let hold_schedules = format!("schedules.{}.>", contract::product::HoldDue::SUBJECT);
+    let taken_back = async {
+        while stored_on(&system, DEADLINES_STREAM, &hold_schedules).await > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    // Well before the 30 s at which they would fire (and go) by themselves.
+    tokio::time::timeout(Duration::from_secs(10), taken_back)
+        .await
+        .expect("no hold deadline left pending");
+    let after = system.get_product(&product).await;
+    assert_eq!((after.stock, after.available), (8, 8));
+    system.shutdown().await;
+}

@@ -565,3 +565,90 @@ async fn a_scheduled_event_is_published_by_the_broker_when_due_and_only_its_own_
     module.shutdown().await;
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_keyed_deadline_is_replaced_by_the_next_of_its_key_and_a_cancelled_one_never_comes() {
+    let app = spawn_broker().await;
+    let (seen, mut seen_rx) = mpsc::unbounded_channel();
+    let options = ModuleOptions::with_storage(Storage::Memory);
+    let setup = Module::setup(app.bus().client().clone(), &TIMEKEEPER, "0.1.0", options)
+        .await
+        .unwrap();
+    let mut module = setup.start(Arc::new(seen)).await.unwrap();
+    module.on_event("on_due", on_due).await.unwrap();
+    let bus = module.bus().clone();
+    let module = module.running();
+    let ctx = Context::new_flow(bus);
+    let soon = Duration::from_millis(300);
+
+    // Key "a": scheduled twice; the second replaces the first.
+    ctx.schedule_keyed(&Due { n: 1 }, "a/1", "a", soon)
+        .await
+        .unwrap();
+    ctx.schedule_keyed(&Due { n: 2 }, "a/2", "a", soon)
+        .await
+        .unwrap();
+    // Key "b": scheduled, then taken back. Key "c": taken back, never
+    // scheduled (nothing happens); then scheduled, and it comes.
+    ctx.schedule_keyed(&Due { n: 3 }, "b/3", "b", soon)
+        .await
+        .unwrap();
+    ctx.cancel_schedule::<Due>("b").await.unwrap();
+    ctx.cancel_schedule::<Due>("c").await.unwrap();
+    ctx.schedule_keyed(&Due { n: 4 }, "c/4", "c", soon * 3)
+        .await
+        .unwrap();
+
+    let mut came = Vec::new();
+    while came.len() < 2 {
+        let n = tokio::time::timeout(WAIT, seen_rx.recv()).await.unwrap();
+        came.push(n.unwrap());
+    }
+    // Deadlines come in order of their time: 4, the last, came after
+    // anything "a" or "b" could have sent.
+    assert_eq!(came, [2, 4], "a's second, c's; neither a's first nor b's");
+    assert!(seen_rx.try_recv().is_err());
+    assert_eq!(module.stats("on_due").unwrap().failed, 0);
+
+    // Nothing is left of them in the stream: the cancellations' markers
+    // expire (a second), the schedules went when they fired.
+    let deadlines = app
+        .bus()
+        .jetstream()
+        .get_stream(messaging_core::DEADLINES_STREAM)
+        .await
+        .unwrap();
+    let schedules_left = || async {
+        let info = deadlines
+            .clone()
+            .info_with_subjects(format!("schedules.{}.>", Due::SUBJECT))
+            .await
+            .unwrap();
+        let mut subjects = info;
+        let mut left = 0;
+        while let Some(Ok((_, count))) = futures::StreamExt::next(&mut subjects).await {
+            left += count;
+        }
+        left
+    };
+    let gone = async {
+        while schedules_left().await > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, gone)
+        .await
+        .expect("no schedule and no marker left");
+
+    // Only declared deadlines may be keyed or taken back.
+    assert!(matches!(
+        ctx.cancel_schedule::<Ping>("a").await,
+        Err(messaging_core::PublishError::Undeclared { .. })
+    ));
+    assert!(matches!(
+        ctx.schedule_keyed(&Ping { n: 5 }, "p/5", "p", soon).await,
+        Err(messaging_core::PublishError::Undeclared { .. })
+    ));
+    module.shutdown().await;
+    app.shutdown().await;
+}
