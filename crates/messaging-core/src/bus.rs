@@ -314,23 +314,7 @@ impl Bus {
         meta: EventMeta,
         at: std::time::SystemTime,
     ) -> Result<Published, PublishError> {
-        let subject = E::SUBJECT;
-        if let Some(module) = self.inner.declaration {
-            if !module.schedules(subject) {
-                let module = module.name;
-                return Err(PublishError::Undeclared { subject, module });
-            }
-        }
-        let mut outgoing = self.encode(event, meta)?;
-        let when = format!("@at {}", humantime::format_rfc3339_millis(at));
-        outgoing
-            .headers
-            .insert(async_nats::header::NATS_SCHEDULE, when.as_str());
-        outgoing
-            .headers
-            .insert(async_nats::header::NATS_SCHEDULE_TARGET, subject);
-        outgoing.schedule = Some(crate::events::schedule_subject(subject, meta.event_id));
-        self.send_event(&outgoing).await
+        self.schedule(event, meta, at, None).await
     }
 
     /// Schedules `event` like [`Bus::schedule_as`], as *the* deadline of
@@ -344,22 +328,45 @@ impl Bus {
         key: &str,
         at: std::time::SystemTime,
     ) -> Result<Published, PublishError> {
+        self.schedule(event, meta, at, Some(key)).await
+    }
+
+    /// Stores the schedule of `event` at `at`: on a subject of its own
+    /// event id, or of `key` (replacing what the key had: a rollup).
+    async fn schedule<E: Event>(
+        &self,
+        event: &E,
+        meta: EventMeta,
+        at: std::time::SystemTime,
+        key: Option<&str>,
+    ) -> Result<Published, PublishError> {
         let subject = E::SUBJECT;
-        if let Some(module) = self.inner.declaration {
-            if !module.schedules(subject) {
-                let module = module.name;
-                return Err(PublishError::Undeclared { subject, module });
-            }
-        }
+        self.may_schedule(subject)?;
         let mut outgoing = self.encode(event, meta)?;
         let when = format!("@at {}", humantime::format_rfc3339_millis(at));
         let headers = &mut outgoing.headers;
         headers.insert(async_nats::header::NATS_SCHEDULE, when.as_str());
         headers.insert(async_nats::header::NATS_SCHEDULE_TARGET, subject);
-        // Replaces whatever was scheduled for the key before.
-        headers.insert(async_nats::header::NATS_ROLLUP, "sub");
-        outgoing.schedule = Some(crate::events::schedule_subject(subject, key_id(key)));
+        let id = match key {
+            Some(key) => {
+                headers.insert(async_nats::header::NATS_ROLLUP, "sub");
+                key_id(key)
+            }
+            None => meta.event_id,
+        };
+        outgoing.schedule = Some(crate::events::schedule_subject(subject, id));
         self.send_event(&outgoing).await
+    }
+
+    /// Whether this bus's module declares `subject` among its `schedules`.
+    fn may_schedule(&self, subject: &'static str) -> Result<(), PublishError> {
+        match self.inner.declaration {
+            Some(module) if !module.schedules(subject) => Err(PublishError::Undeclared {
+                subject,
+                module: module.name,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Takes back the deadline of `key` scheduled with
@@ -374,12 +381,7 @@ impl Bus {
     /// fell to 0.63x over 200,000 orders, 0.93x without them).
     pub async fn cancel_schedule<E: Event>(&self, key: &str) -> Result<(), PublishError> {
         let subject = E::SUBJECT;
-        if let Some(module) = self.inner.declaration {
-            if !module.schedules(subject) {
-                let module = module.name;
-                return Err(PublishError::Undeclared { subject, module });
-            }
-        }
+        self.may_schedule(subject)?;
         let mut headers = HeaderMap::new();
         headers.insert(async_nats::header::NATS_ROLLUP, "sub");
         headers.insert(async_nats::header::NATS_MESSAGE_TTL, "1");

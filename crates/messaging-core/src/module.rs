@@ -140,12 +140,7 @@ impl Setup {
     where
         V: serde::Serialize + serde::de::DeserializeOwned + Clone,
     {
-        if !self.declaration.owns_bucket(bucket) {
-            return Err(StoreError::Undeclared {
-                module: self.declaration.name,
-                bucket: bucket.to_owned(),
-            });
-        }
+        self.owns(bucket)?;
         let storage = self.options.storage;
         Table::open(
             self.bus.client(),
@@ -164,12 +159,7 @@ impl Setup {
     where
         V: serde::Serialize + serde::de::DeserializeOwned + Clone,
     {
-        if !self.declaration.owns_bucket(bucket) {
-            return Err(StoreError::Undeclared {
-                module: self.declaration.name,
-                bucket: bucket.to_owned(),
-            });
-        }
+        self.owns(bucket)?;
         Table::open_index(
             self.bus.client(),
             self.options.storage,
@@ -177,6 +167,17 @@ impl Setup {
             &self.options.limits,
         )
         .await
+    }
+
+    /// Whether the module declares `bucket` among its own.
+    fn owns(&self, bucket: &str) -> Result<(), StoreError> {
+        if self.declaration.owns_bucket(bucket) {
+            return Ok(());
+        }
+        Err(StoreError::Undeclared {
+            module: self.declaration.name,
+            bucket: bucket.to_owned(),
+        })
     }
 
     /// The module's bus, for work before serving (such as a recovery sweep).

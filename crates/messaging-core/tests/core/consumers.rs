@@ -486,22 +486,32 @@ async fn on_due(
     Ok(())
 }
 
-#[tokio::test]
-async fn a_scheduled_event_is_published_by_the_broker_when_due_and_only_its_own_schedule_may() {
+/// The timekeeper running on a broker of its own: the broker, the module,
+/// a context in a new flow on its bus, and the deadlines it handled.
+async fn timekeeper() -> (
+    TestBroker,
+    ModuleHandle,
+    Context,
+    mpsc::UnboundedReceiver<u32>,
+) {
     let app = spawn_broker().await;
-    let (seen, mut seen_rx) = mpsc::unbounded_channel();
+    let (seen, seen_rx) = mpsc::unbounded_channel();
     let options = ModuleOptions::with_storage(Storage::Memory);
     let setup = Module::setup(app.bus().client().clone(), &TIMEKEEPER, "0.1.0", options)
         .await
         .unwrap();
     let mut module = setup.start(Arc::new(seen)).await.unwrap();
     module.on_event("on_due", on_due).await.unwrap();
-    let bus = module.bus().clone();
-    let module = module.running();
+    let ctx = Context::new_flow(module.bus().clone());
+    (app, module.running(), ctx, seen_rx)
+}
+
+#[tokio::test]
+async fn a_scheduled_event_is_published_by_the_broker_when_due_and_only_its_own_schedule_may() {
+    let (app, module, ctx, mut seen_rx) = timekeeper().await;
 
     // Scheduled half a second ahead: nothing yet, then the broker
     // publishes it (to the module's durable consumer).
-    let ctx = Context::new_flow(bus);
     let scheduled = std::time::Instant::now();
     ctx.schedule_fact(&Due { n: 1 }, "probe/1", Duration::from_millis(500))
         .await
@@ -568,17 +578,7 @@ async fn a_scheduled_event_is_published_by_the_broker_when_due_and_only_its_own_
 
 #[tokio::test]
 async fn a_keyed_deadline_is_replaced_by_the_next_of_its_key_and_a_cancelled_one_never_comes() {
-    let app = spawn_broker().await;
-    let (seen, mut seen_rx) = mpsc::unbounded_channel();
-    let options = ModuleOptions::with_storage(Storage::Memory);
-    let setup = Module::setup(app.bus().client().clone(), &TIMEKEEPER, "0.1.0", options)
-        .await
-        .unwrap();
-    let mut module = setup.start(Arc::new(seen)).await.unwrap();
-    module.on_event("on_due", on_due).await.unwrap();
-    let bus = module.bus().clone();
-    let module = module.running();
-    let ctx = Context::new_flow(bus);
+    let (app, module, ctx, mut seen_rx) = timekeeper().await;
     let soon = Duration::from_millis(300);
 
     // Key "a": scheduled twice; the second replaces the first.
