@@ -327,3 +327,32 @@ fn bytes(max_bytes: i64) -> messaging_core::Limits {
         ..messaging_core::Limits::default()
     }
 }
+
+#[tokio::test]
+async fn a_deadline_stream_made_by_an_earlier_version_is_brought_up_to_date() {
+    // As the version before keyed deadlines made it: no rollups, no TTLs.
+    let app = spawn_broker().await;
+    let client = app.bus().client();
+    let js = app.bus().jetstream();
+    js.create_stream(stream::Config {
+        name: messaging_core::DEADLINES_STREAM.to_owned(),
+        subjects: vec!["deadlines.>".to_owned(), "schedules.>".to_owned()],
+        storage: StorageType::File,
+        discard: stream::DiscardPolicy::Old,
+        allow_message_schedules: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    messaging_core::ensure_stream(client, &messaging_core::Limits::default())
+        .await
+        .expect("updated in place");
+    let mut deadlines = js
+        .get_stream(messaging_core::DEADLINES_STREAM)
+        .await
+        .unwrap();
+    let config = deadlines.info().await.unwrap().config.clone();
+    assert!(config.allow_rollup && config.allow_message_ttl);
+    assert!(config.allow_message_schedules);
+    app.shutdown().await;
+}
