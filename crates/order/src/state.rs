@@ -101,7 +101,7 @@ impl Orders {
     }
 
     /// How long a slot of payment deadlines is: a tenth of the timeout,
-    /// within [`SHORTEST_SLOT`] and [`LONGEST_SLOT`].
+    /// within 50 ms and 1 s.
     pub fn slot_length(&self) -> std::time::Duration {
         (self.payment_timeout / 10).clamp(SHORTEST_SLOT, LONGEST_SLOT)
     }
