@@ -192,8 +192,8 @@ impl Event for OrderCancelled {
 /// order placed at least a payment timeout ago then fails
 /// (`payment_timeout`); any other is left as is.
 ///
-/// One such event covers every order placed in a short slot of time (a
-/// tenth of the timeout, at most a second), not one order: the broker holds
+/// One such event covers every order placed in a slot of time (a second),
+/// not one order: the broker holds
 /// a handful of schedules however many orders are waiting for payment, and
 /// no event comes for an order paid in time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
