@@ -60,7 +60,7 @@ where
     let (ours1, nats1) = (cpu_seconds(None), cpu_seconds(Some(server)));
     let per = |cpu: f64| cpu * 1e6 / total as f64;
     println!(
-        "{name:<44} {:>8.0} ops/s   nats-server {:>5.1} us/op   client {:>5.1} us/op",
+        "{name:<50} {:>8.0} ops/s   nats-server {:>5.1} us/op   client {:>5.1} us/op",
         total as f64 / elapsed,
         per(nats1 - nats0),
         per(ours1 - ours0),
@@ -82,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
         name: "EV".into(),
         subjects: vec!["ev.>".into()],
         storage: stream::StorageType::File,
+        allow_direct: true,
         ..Default::default()
     })
     .await?;
@@ -258,6 +259,96 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
 
+    // A state change written as the entity's own event, once (direction 1 of
+    // issue 13): the event on a subject of the entity, refused unless the
+    // entity's last event (any of its subjects) is the one read, with its
+    // id for deduplication. Checked on 2.15.1 first: a stale sequence is
+    // refused (10071), and a direct get of the last message on the
+    // wildcard `ent.*.<id>` returns the entity's latest event.
+    let (j, r) = (js.clone(), revisions.clone());
+    measure(
+        "entity event (create: none before it)",
+        pid,
+        total,
+        move |i| {
+            let (j, r) = (j.clone(), r.clone());
+            async move {
+                let mut headers = HeaderMap::new();
+                headers.insert("Nats-Msg-Id", format!("e{i}/created").as_str());
+                headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
+                headers.insert(
+                    "Nats-Expected-Last-Subject-Sequence-Subject",
+                    format!("ev.ent.*.{i}").as_str(),
+                );
+                let ack = j
+                    .publish_with_headers(format!("ev.ent.created.{i}"), headers, payload())
+                    .await?
+                    .await?;
+                r[i].store(ack.sequence, Ordering::Relaxed);
+                Ok(())
+            }
+        },
+    )
+    .await?;
+    let (j, r) = (js.clone(), revisions.clone());
+    measure(
+        "entity event (change: compare-and-set)",
+        pid,
+        total,
+        move |i| {
+            let (j, r) = (j.clone(), r.clone());
+            async move {
+                let mut headers = HeaderMap::new();
+                headers.insert("Nats-Msg-Id", format!("e{i}/paid").as_str());
+                let last = r[i].load(Ordering::Relaxed).to_string();
+                headers.insert("Nats-Expected-Last-Subject-Sequence", last.as_str());
+                headers.insert(
+                    "Nats-Expected-Last-Subject-Sequence-Subject",
+                    format!("ev.ent.*.{i}").as_str(),
+                );
+                j.publish_with_headers(format!("ev.ent.paid.{i}"), headers, payload())
+                    .await?
+                    .await?;
+                Ok(())
+            }
+        },
+    )
+    .await?;
+    // What the design rests on: a stale change is refused, and the last
+    // event on the entity's subjects is its state.
+    let mut headers = HeaderMap::new();
+    let created = revisions[0].load(Ordering::Relaxed).to_string();
+    headers.insert("Nats-Expected-Last-Subject-Sequence", created.as_str());
+    headers.insert("Nats-Expected-Last-Subject-Sequence-Subject", "ev.ent.*.0");
+    let stale = js
+        .publish_with_headers("ev.ent.fulfilled.0", headers, payload())
+        .await?
+        .await;
+    anyhow::ensure!(stale.is_err(), "a change from a stale state was stored");
+    let stream = js.get_stream("EV").await?;
+    let last = stream.direct_get_last_for_subject("ev.ent.*.0").await?;
+    anyhow::ensure!(
+        last.subject.as_str() == "ev.ent.paid.0",
+        "last: {}",
+        last.subject
+    );
+    println!("  checked: a stale change is refused; the last of ev.ent.*.0 is ev.ent.paid.0");
+    let s = js.get_stream("EV").await?;
+    measure(
+        "entity state read (direct get, last of ent.*.<id>)",
+        pid,
+        total,
+        move |i| {
+            let s = s.clone();
+            async move {
+                s.direct_get_last_for_subject(format!("ev.ent.*.{i}"))
+                    .await?;
+                Ok(())
+            }
+        },
+    )
+    .await?;
+
     // Deliveries: the events published above, pulled and acked one by one
     // (an explicit ack is a publish; nothing waits for the server's word).
     let consumer: jetstream::consumer::PullConsumer = js
@@ -265,6 +356,7 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .create_consumer(jetstream::consumer::pull::Config {
             durable_name: Some("ops".into()),
+            filter_subject: "ev.*".into(),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             max_ack_pending: 10_000,
             ..Default::default()
@@ -284,7 +376,7 @@ async fn main() -> anyhow::Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
     let (ours1, nats1) = (cpu_seconds(None), cpu_seconds(Some(pid)));
     println!(
-        "{:<44} {:>8.0} ops/s   nats-server {:>5.1} us/op   client {:>5.1} us/op",
+        "{:<50} {:>8.0} ops/s   nats-server {:>5.1} us/op   client {:>5.1} us/op",
         "durable delivery + ack (pull consumer)",
         total as f64 / elapsed,
         (nats1 - nats0) * 1e6 / total as f64,
