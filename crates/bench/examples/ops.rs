@@ -19,15 +19,69 @@ use futures::StreamExt;
 
 const IN_FLIGHT: usize = 64;
 
-/// CPU seconds used so far by process `pid` (`None`: ourselves), from /proc.
-fn cpu_seconds(pid: Option<u32>) -> f64 {
-    let path = pid.map_or("/proc/self/stat".to_owned(), |p| format!("/proc/{p}/stat"));
-    let stat = std::fs::read_to_string(path).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    ticks as f64 / 100.0
+// The bench's own reading of /proc (the bench is a binary: no library to
+// import it from).
+#[path = "../src/process.rs"]
+#[allow(dead_code)]
+mod process;
+use process::cpu_seconds;
+
+/// The CPU both processes spent from `start` on, and the time it took.
+struct Meter {
+    server: u32,
+    started: Instant,
+    ours: f64,
+    nats: f64,
+}
+
+impl Meter {
+    fn start(server: u32) -> Self {
+        Self {
+            server,
+            started: Instant::now(),
+            ours: cpu_seconds(None),
+            nats: cpu_seconds(Some(server)),
+        }
+    }
+
+    /// Prints the rate of `total` operations and their cost per operation.
+    fn report(self, name: &str, total: usize) {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let per = |cpu: f64| cpu * 1e6 / total as f64;
+        println!(
+            "{name:<50} {:>8.0} ops/s   nats-server {:>5.1} us/op   client {:>5.1} us/op",
+            total as f64 / elapsed,
+            per(cpu_seconds(Some(self.server)) - self.nats),
+            per(cpu_seconds(None) - self.ours),
+        );
+    }
+}
+
+/// Publishes entity `i`'s event `what` (`ev.ent.<what>.<i>`), refused
+/// unless the entity's last event on any of its subjects is at `last` (0:
+/// none yet); returns its sequence.
+async fn entity_event(
+    js: &jetstream::Context,
+    i: usize,
+    what: &str,
+    last: u64,
+) -> anyhow::Result<u64> {
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", format!("e{i}/{what}").as_str());
+    headers.insert(
+        "Nats-Expected-Last-Subject-Sequence",
+        last.to_string().as_str(),
+    );
+    headers.insert(
+        "Nats-Expected-Last-Subject-Sequence-Subject",
+        format!("ev.ent.*.{i}").as_str(),
+    );
+    let subject = format!("ev.ent.{what}.{i}");
+    let ack = js
+        .publish_with_headers(subject, headers, bytes::Bytes::from(vec![b'x'; 300]))
+        .await?
+        .await?;
+    Ok(ack.sequence)
 }
 
 /// Runs `op(i)` for i in 0..total, `IN_FLIGHT` at a time, and prints its
@@ -39,8 +93,7 @@ where
 {
     let op = Arc::new(op);
     let next = Arc::new(AtomicUsize::new(0));
-    let (ours0, nats0) = (cpu_seconds(None), cpu_seconds(Some(server)));
-    let started = Instant::now();
+    let meter = Meter::start(server);
     let workers = (0..IN_FLIGHT).map(|_| {
         let (op, next) = (op.clone(), next.clone());
         tokio::spawn(async move {
@@ -56,15 +109,7 @@ where
     for worker in futures::future::join_all(workers).await {
         worker??;
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    let (ours1, nats1) = (cpu_seconds(None), cpu_seconds(Some(server)));
-    let per = |cpu: f64| cpu * 1e6 / total as f64;
-    println!(
-        "{name:<50} {:>8.0} ops/s   nats-server {:>5.1} us/op   client {:>5.1} us/op",
-        total as f64 / elapsed,
-        per(nats1 - nats0),
-        per(ours1 - ours0),
-    );
+    meter.report(name, total);
     Ok(())
 }
 
@@ -273,18 +318,7 @@ async fn main() -> anyhow::Result<()> {
         move |i| {
             let (j, r) = (j.clone(), r.clone());
             async move {
-                let mut headers = HeaderMap::new();
-                headers.insert("Nats-Msg-Id", format!("e{i}/created").as_str());
-                headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
-                headers.insert(
-                    "Nats-Expected-Last-Subject-Sequence-Subject",
-                    format!("ev.ent.*.{i}").as_str(),
-                );
-                let ack = j
-                    .publish_with_headers(format!("ev.ent.created.{i}"), headers, payload())
-                    .await?
-                    .await?;
-                r[i].store(ack.sequence, Ordering::Relaxed);
+                r[i].store(entity_event(&j, i, "created", 0).await?, Ordering::Relaxed);
                 Ok(())
             }
         },
@@ -298,17 +332,7 @@ async fn main() -> anyhow::Result<()> {
         move |i| {
             let (j, r) = (j.clone(), r.clone());
             async move {
-                let mut headers = HeaderMap::new();
-                headers.insert("Nats-Msg-Id", format!("e{i}/paid").as_str());
-                let last = r[i].load(Ordering::Relaxed).to_string();
-                headers.insert("Nats-Expected-Last-Subject-Sequence", last.as_str());
-                headers.insert(
-                    "Nats-Expected-Last-Subject-Sequence-Subject",
-                    format!("ev.ent.*.{i}").as_str(),
-                );
-                j.publish_with_headers(format!("ev.ent.paid.{i}"), headers, payload())
-                    .await?
-                    .await?;
+                entity_event(&j, i, "paid", r[i].load(Ordering::Relaxed)).await?;
                 Ok(())
             }
         },
@@ -316,14 +340,8 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     // What the design rests on: a stale change is refused, and the last
     // event on the entity's subjects is its state.
-    let mut headers = HeaderMap::new();
-    let created = revisions[0].load(Ordering::Relaxed).to_string();
-    headers.insert("Nats-Expected-Last-Subject-Sequence", created.as_str());
-    headers.insert("Nats-Expected-Last-Subject-Sequence-Subject", "ev.ent.*.0");
-    let stale = js
-        .publish_with_headers("ev.ent.fulfilled.0", headers, payload())
-        .await?
-        .await;
+    let created = revisions[0].load(Ordering::Relaxed);
+    let stale = entity_event(&js, 0, "fulfilled", created).await;
     anyhow::ensure!(stale.is_err(), "a change from a stale state was stored");
     let stream = js.get_stream("EV").await?;
     let last = stream.direct_get_last_for_subject("ev.ent.*.0").await?;
@@ -362,8 +380,7 @@ async fn main() -> anyhow::Result<()> {
             ..Default::default()
         })
         .await?;
-    let (ours0, nats0) = (cpu_seconds(None), cpu_seconds(Some(pid)));
-    let started = Instant::now();
+    let meter = Meter::start(pid);
     let mut messages = consumer.messages().await?;
     for _ in 0..total {
         let message = messages
@@ -373,15 +390,7 @@ async fn main() -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)?;
         message.ack().await.map_err(anyhow::Error::msg)?;
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    let (ours1, nats1) = (cpu_seconds(None), cpu_seconds(Some(pid)));
-    println!(
-        "{:<50} {:>8.0} ops/s   nats-server {:>5.1} us/op   client {:>5.1} us/op",
-        "durable delivery + ack (pull consumer)",
-        total as f64 / elapsed,
-        (nats1 - nats0) * 1e6 / total as f64,
-        (ours1 - ours0) * 1e6 / total as f64,
-    );
+    meter.report("durable delivery + ack (pull consumer)", total);
     drop(messages);
 
     client.drain().await?;

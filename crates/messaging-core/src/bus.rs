@@ -385,16 +385,15 @@ impl Bus {
         let mut headers = HeaderMap::new();
         headers.insert(async_nats::header::NATS_ROLLUP, "sub");
         headers.insert(async_nats::header::NATS_MESSAGE_TTL, "1");
-        let wire = crate::events::schedule_subject(subject, key_id(key));
-        let failed = |reason: String| PublishError::Stream { subject, reason };
-        self.inner
-            .jetstream
-            .publish_with_headers(wire, headers, bytes::Bytes::new())
-            .await
-            .map_err(|err| failed(err.to_string()))?
-            .await
-            .map_err(|err| failed(err.to_string()))?;
-        Ok(())
+        // Stored like any schedule: refused at once if the broker's
+        // permissions say no, the stream set up again if it is gone.
+        let marker = OutgoingEvent {
+            subject,
+            headers,
+            payload: Bytes::new(),
+            schedule: Some(crate::events::schedule_subject(subject, key_id(key))),
+        };
+        self.send_event(&marker).await.map(drop)
     }
 
     /// Publishes like [`Bus::publish_as`]; if the stream cannot take the

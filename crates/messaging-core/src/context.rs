@@ -134,11 +134,6 @@ impl Context {
         self.bus.publish_as(event, self.fact_meta(fact)).await
     }
 
-    /// Schedules the event of a fact for `after` from now (see
-    /// [`Bus::schedule_as`]): a deadline kept by the broker. The event id is
-    /// derived from `fact`, so scheduling the same fact again (a redelivery)
-    /// is the same schedule, not a second deadline (see `schedule_as` on
-    /// what "again" means after a while).
     /// Schedules `event` like [`Context::schedule_fact`], as the deadline of
     /// `key`: it replaces whatever was scheduled for `key` before, and
     /// [`Context::cancel_schedule`] takes it back (see
@@ -161,6 +156,11 @@ impl Context {
         self.bus.cancel_schedule::<E>(key).await
     }
 
+    /// Schedules the event of a fact for `after` from now (see
+    /// [`Bus::schedule_as`]): a deadline kept by the broker. The event id is
+    /// derived from `fact`, so scheduling the same fact again (a redelivery)
+    /// is the same schedule, not a second deadline (see `schedule_as` on
+    /// what "again" means after a while).
     pub async fn schedule_fact<E: Event>(
         &self,
         event: &E,

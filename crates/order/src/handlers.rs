@@ -200,7 +200,7 @@ pub async fn payment_due(
     let mut earliest_waiting: Option<std::time::Duration> = None;
     for (id, age) in orders.open_orders().await? {
         if age >= timeout {
-            due.push(id);
+            due.push((id, age));
         } else {
             earliest_waiting = earliest_waiting.max(Some(age));
         }
@@ -208,7 +208,7 @@ pub async fn payment_due(
     // Several at a time: after an outage of the payment module, a sweep
     // fails many orders.
     let expired = futures::stream::iter(due)
-        .map(|id| expire_if_unpaid(&orders, &ctx, id))
+        .map(|(id, age)| expire_if_unpaid(&orders, &ctx, id, age))
         .buffer_unordered(32)
         .collect::<Vec<_>>()
         .await;
@@ -231,17 +231,30 @@ pub async fn payment_due(
     Ok(())
 }
 
-/// Fails order `id` with `payment_timeout` if it is still pending.
-async fn expire_if_unpaid(orders: &Orders, ctx: &Context, id: OrderId) -> Result<(), EventError> {
+/// Fails order `id` (marked open `age` ago) with `payment_timeout` if it
+/// is still pending.
+async fn expire_if_unpaid(
+    orders: &Orders,
+    ctx: &Context,
+    id: OrderId,
+    age: std::time::Duration,
+) -> Result<(), EventError> {
     match orders.get(id).await? {
         Some(record) if record.order.status == OrderStatus::Pending => {}
         Some(record) => {
             tracing::debug!(order_id = %id, status = %record.order.status, "payment deadline of an order that went on");
             return Ok(());
         }
-        // A marker whose order is not stored (yet, or ever): the recovery
-        // sweep decides about it at the next start.
-        None => return Ok(()),
+        // A marker whose order is not stored: an attempt that died or was
+        // refused after marking it (a 503), or one storing it right now.
+        // Dropped once old enough to be the former (as the recovery sweep
+        // does at start), so no sweep reads it again and again.
+        None => {
+            if abandoned(age) {
+                orders.close(id).await?;
+            }
+            return Ok(());
+        }
     }
     let reason = format!(
         "{PAYMENT_TIMEOUT}: not paid within {}",

@@ -100,14 +100,9 @@ impl Orders {
         self.payment_timeout
     }
 
-    /// How long a slot of payment deadlines is.
-    pub fn slot_length(&self) -> std::time::Duration {
-        SLOT
-    }
-
     /// The end of the slot of time `at_ms` (ms since the Unix epoch) falls in.
     pub fn slot_end(&self, at_ms: u64) -> u64 {
-        let length = (self.slot_length().as_millis() as u64).max(1);
+        let length = SLOT.as_millis() as u64;
         at_ms.div_ceil(length).saturating_mul(length)
     }
 

@@ -360,3 +360,51 @@ async fn a_hold_settled_takes_its_deadline_back_and_the_broker_keeps_no_schedule
     assert_eq!((after.stock, after.available), (8, 8));
     system.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_payment_sweep_drops_the_marker_of_an_order_never_stored_once_it_is_old() {
+    let system = without_payments(DEADLINE).await;
+    let mut failed = system.bus().watch::<OrderFailed>().await.unwrap();
+    // Two markers without their order, as an attempt that died (or was
+    // answered 503) after marking leaves them: one two minutes old, one
+    // five seconds old (past the deadline, but maybe being stored now).
+    let index = system
+        .bus()
+        .jetstream()
+        .get_key_value("orders_open")
+        .await
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let (old, young) = (OrderId::new(), OrderId::new());
+    for (id, since) in [(old, now - 120_000), (young, now - 5_000)] {
+        index
+            .put(id.to_string(), since.to_string().into())
+            .await
+            .unwrap();
+    }
+    // An order that nobody pays: its sweep comes, fails it, and looks at
+    // every due marker.
+    let user = system.user().await;
+    let product = system.product(10).await;
+    let order = system.place(&user, &product, 1).await.unwrap();
+    failed
+        .next_matching(WAIT, |e| e.event.order.id == order.id)
+        .await
+        .unwrap();
+    let dropped = async {
+        while index.get(old.to_string()).await.unwrap().is_some() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, dropped)
+        .await
+        .expect("the old marker dropped");
+    assert!(
+        index.get(young.to_string()).await.unwrap().is_some(),
+        "a marker young enough to be an order being stored stays"
+    );
+    system.shutdown().await;
+}
