@@ -57,6 +57,11 @@ struct Cli {
     /// Clients of the soak.
     #[arg(long, default_value_t = 64)]
     soak_clients: usize,
+    /// Run the ablation instead: the durable saga at `--soak-clients`
+    /// clients with each module's state in memory in turn, `--rounds`
+    /// rounds of `--orders` orders (where the durable cost goes).
+    #[arg(long)]
+    ablate: bool,
     /// Skip the raw/ours overhead pairs.
     #[arg(long)]
     no_overhead: bool,
@@ -72,6 +77,12 @@ struct Cli {
     #[arg(long)]
     no_scale: bool,
 }
+
+/// glibc's allocator took about a quarter of our process's CPU in the
+/// saga (`perf`: `_int_malloc`, `_int_free`, `malloc_consolidate`...); the
+/// demo binary uses the same one.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -93,6 +104,8 @@ async fn main() -> anyhow::Result<()> {
 
     if let Some(orders) = cli.soak {
         saga::soak(&mut report, orders, cli.soak_clients, cli.quiet).await?;
+    } else if cli.ablate {
+        saga::ablate(&mut report, cli.orders, cli.soak_clients, cli.rounds).await?;
     } else {
         if !cli.no_overhead {
             let server = NatsServer::start().await?;

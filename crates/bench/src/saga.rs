@@ -90,6 +90,9 @@ pub struct Topology {
     pub payments: usize,
     /// The shipping module runs too (not part of the Go demo's saga).
     pub shipping: bool,
+    /// A module that keeps its state in memory whatever `storage` says
+    /// (see [`ablate`]).
+    pub in_memory: Option<&'static str>,
 }
 
 impl Topology {
@@ -99,6 +102,7 @@ impl Topology {
             cluster: false,
             payments: 1,
             shipping: false,
+            in_memory: None,
         }
     }
 }
@@ -142,8 +146,21 @@ impl System {
         } else {
             demo::app::Modules::parse(GO_DEMO_MODULES).map_err(anyhow::Error::msg)?
         };
-        let modules =
-            demo::app::register_some(modules_conn.client(), &chosen, payment, options).await?;
+        let mut modules = Vec::new();
+        for &name in chosen.names() {
+            let options = if topology.in_memory == Some(name) {
+                ModuleOptions {
+                    storage: Storage::Memory,
+                    ..options
+                }
+            } else {
+                options
+            };
+            let one = demo::app::Modules::parse(name).map_err(anyhow::Error::msg)?;
+            let handles =
+                demo::app::register_some(modules_conn.client(), &one, payment.clone(), options);
+            modules.extend(handles.await?);
+        }
         let mut workers = Vec::new();
         for _ in 1..topology.payments {
             workers.push(crate::worker::Worker::start(&url).await?);
@@ -407,6 +424,7 @@ pub async fn scale(
             cluster,
             payments,
             shipping: false,
+            in_memory: None,
         };
         let stock = (orders + single + 200).div_ceil(PRODUCTS) as u32 + 10;
         let system = System::start(topology, stock).await?;
@@ -464,4 +482,64 @@ pub async fn soak(
         "soak.first_10pct.orders_per_s",
     );
     system.stop().await
+}
+
+/// Where the durable saga's cost goes: the saga at `clients` with every
+/// module's state stored (the baseline), then with one module at a time
+/// keeping its state in memory instead (its events still stored), `rounds`
+/// rounds interleaved; the median of each. Never asserted anywhere: a
+/// measurement for choosing what to change.
+pub async fn ablate(
+    report: &mut Report,
+    orders: usize,
+    clients: usize,
+    rounds: usize,
+) -> anyhow::Result<()> {
+    let cases: [(&str, Option<&'static str>); 5] = [
+        ("durable", None),
+        ("user_in_memory", Some("user")),
+        ("product_in_memory", Some("product")),
+        ("order_in_memory", Some("order")),
+        ("payment_in_memory", Some("payment")),
+    ];
+    let mut runs: Vec<Vec<(f64, f64)>> = vec![Vec::new(); cases.len()];
+    for _ in 0..rounds.max(1) {
+        for (case, (_, in_memory)) in cases.iter().enumerate() {
+            let topology = Topology {
+                in_memory: *in_memory,
+                ..Topology::single(Storage::Durable)
+            };
+            let warm_up = 200.min(orders);
+            let stock = (orders + warm_up).div_ceil(PRODUCTS) as u32 + 10;
+            let system = System::start(topology, stock).await?;
+            system.load(16, warm_up, &ProgressBar::hidden()).await?;
+            let (ours0, nats0) = system.cpu();
+            let (elapsed, _) = system.load(clients, orders, &ProgressBar::hidden()).await?;
+            let (ours1, nats1) = system.cpu();
+            system.stop().await?;
+            let rate = orders as f64 / elapsed.as_secs_f64();
+            let cpu = (ours1 - ours0 + nats1 - nats0) * 1000.0 / orders as f64;
+            runs[case].push((rate, cpu));
+        }
+    }
+    for ((name, _), results) in cases.iter().zip(runs) {
+        let prefix = format!("ablation.{name}.c{clients}");
+        let rates: Vec<f64> = results.iter().map(|r| r.0).collect();
+        let cpus: Vec<f64> = results.iter().map(|r| r.1).collect();
+        report.add(format!("{prefix}.orders_per_s"), median(rates), "orders/s");
+        report.add(format!("{prefix}.cpu"), median(cpus), "cpu-s/1k-orders");
+    }
+    for (name, _) in &cases[1..] {
+        report.ratio(
+            format!("ablation.{name}_over_durable"),
+            &format!("ablation.{name}.c{clients}.orders_per_s"),
+            &format!("ablation.durable.c{clients}.orders_per_s"),
+        );
+    }
+    Ok(())
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }

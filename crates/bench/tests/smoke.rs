@@ -47,6 +47,37 @@ fn the_bench_runs_every_phase_and_prints_its_figures() {
     std::fs::remove_file(json).ok();
 }
 
+#[test]
+fn the_ablation_runs_the_saga_with_each_module_in_memory_and_prints_its_ratios() {
+    let output = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["--smoke", "--quiet", "--ablate"])
+        .output()
+        .expect("the bench runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let names: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let mut expected = vec!["machine.cpus".to_owned()];
+    for case in [
+        "durable",
+        "user_in_memory",
+        "product_in_memory",
+        "order_in_memory",
+        "payment_in_memory",
+    ] {
+        expected.push(format!("ablation.{case}.c64.orders_per_s"));
+        expected.push(format!("ablation.{case}.c64.cpu"));
+    }
+    for module in ["user", "product", "order", "payment"] {
+        expected.push(format!("ablation.{module}_in_memory_over_durable"));
+    }
+    expected.push("bench.wall_time".to_owned());
+    assert_eq!(names, expected, "{stdout}");
+}
+
 fn tempfile_path() -> std::path::PathBuf {
     std::env::temp_dir().join(format!("bench-smoke-{}.json", std::process::id()))
 }
