@@ -18,12 +18,6 @@ use messaging_core::Storage;
 use messaging_core::{Limits, ModuleOptions};
 use payment::PaymentConfig;
 
-/// The allocator the bench measures with (`crates/bench`): glibc's took
-/// about a quarter of the modules' CPU in the saga. A module crate lifted
-/// into another program runs on that program's allocator.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -78,12 +78,6 @@ struct Cli {
     no_scale: bool,
 }
 
-/// glibc's allocator took about a quarter of our process's CPU in the
-/// saga (`perf`: `_int_malloc`, `_int_free`, `malloc_consolidate`...); the
-/// demo binary uses the same one.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut cli = Cli::parse();
