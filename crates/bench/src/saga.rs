@@ -495,13 +495,13 @@ pub async fn ablate(
     clients: usize,
     rounds: usize,
 ) -> anyhow::Result<()> {
-    let cases: [(&str, Option<&'static str>); 5] = [
-        ("durable", None),
-        ("user_in_memory", Some("user")),
-        ("product_in_memory", Some("product")),
-        ("order_in_memory", Some("order")),
-        ("payment_in_memory", Some("payment")),
-    ];
+    let cases: Vec<(String, Option<&'static str>)> = std::iter::once(("durable".to_owned(), None))
+        .chain(
+            GO_DEMO_MODULES
+                .split(',')
+                .map(|module| (format!("{module}_in_memory"), Some(module))),
+        )
+        .collect();
     let mut runs: Vec<Vec<(f64, f64)>> = vec![Vec::new(); cases.len()];
     for _ in 0..rounds.max(1) {
         for (case, (_, in_memory)) in cases.iter().enumerate() {
@@ -539,6 +539,7 @@ pub async fn ablate(
     Ok(())
 }
 
+/// The middle value (the upper of the two middle ones of an even count).
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(0.0)
