@@ -155,6 +155,43 @@ async fn a_replicated_table_read_for_decisions_reads_through_its_leader_a_single
     single.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_read_through_the_leader_finds_removed_and_missing_keys_absent_and_fails_when_it_cannot_read(
+) {
+    use messaging_core::store::Table;
+    let cluster = spawn_cluster().await;
+    let client = cluster.bus().client().clone();
+    let limits = Limits::replicated(3);
+    let table: Table<u32> = Table::open(&client, Storage::Durable, "leader_read", None, &limits)
+        .await
+        .unwrap()
+        .reading_from_leader();
+    table.put("kept", &1).await.unwrap();
+    table.put("deleted", &2).await.unwrap();
+    table.delete("deleted").await.unwrap();
+    table.put("purged", &3).await.unwrap();
+    let js = jetstream::new(client.clone());
+    let kv = js.get_key_value("leader_read").await.unwrap();
+    kv.purge("purged").await.unwrap();
+
+    // The last message of a deleted or purged key is its marker: absent,
+    // like a key never written.
+    assert_eq!(table.get("kept").await.unwrap().map(|v| v.value), Some(1));
+    assert_eq!(table.get("deleted").await.unwrap(), None);
+    assert_eq!(table.get("purged").await.unwrap(), None);
+    assert_eq!(table.get("never").await.unwrap(), None);
+
+    // A read that cannot be made is an error, never "absent": a decision
+    // (is there stock? does the hold exist?) must not be made on it.
+    js.delete_stream("KV_leader_read").await.unwrap();
+    let err = table.get("kept").await.expect_err("no bucket, no answer");
+    assert!(
+        matches!(err, messaging_core::store::StoreError::Unavailable(_)),
+        "{err:?}"
+    );
+    cluster.shutdown().await;
+}
+
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Tally {
     n: u32,
