@@ -413,6 +413,41 @@ mod tests {
     }
 
     #[test]
+    fn time_is_cut_in_one_second_slots_each_ending_on_its_second() {
+        let orders = Orders::in_memory();
+        // A slot ends on the next whole second (a moment on one is its end).
+        assert_eq!(orders.slot_end(0), 0);
+        assert_eq!(orders.slot_end(1), 1_000);
+        assert_eq!(orders.slot_end(999), 1_000);
+        assert_eq!(orders.slot_end(1_000), 1_000);
+        assert_eq!(orders.slot_end(1_001), 2_000);
+        let before = wall_clock_ms();
+        let now = orders.current_slot();
+        assert_eq!(now % 1_000, 0, "{now}");
+        assert!(
+            now >= before && now <= wall_clock_ms() + 1_000,
+            "{before} {now}"
+        );
+    }
+
+    #[test]
+    fn a_slot_is_swept_once_noted_and_a_late_note_never_goes_back() {
+        let orders = Orders::in_memory();
+        assert!(!orders.slot_swept(2_000), "nothing noted yet");
+        orders.note_slot_swept(2_000);
+        assert!(orders.slot_swept(2_000));
+        assert!(!orders.slot_swept(1_000));
+        assert!(!orders.slot_swept(3_000));
+        // A placement that scheduled an older slot's sweep finishes last:
+        // the newer slot stays noted.
+        orders.note_slot_swept(1_000);
+        assert!(orders.slot_swept(2_000));
+        orders.note_slot_swept(3_000);
+        assert!(orders.slot_swept(3_000));
+        assert!(!orders.slot_swept(2_000));
+    }
+
+    #[test]
     fn users_are_known_once_remembered() {
         let orders = Orders::in_memory();
         let (ada, bob) = (UserId::new(), UserId::new());
