@@ -458,3 +458,59 @@ fn bytes(max_bytes: i64) -> messaging_core::Limits {
         ..messaging_core::Limits::default()
     }
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Filler {
+    pad: String,
+}
+impl Event for Filler {
+    const SUBJECT: &'static str = "events.filler.added";
+}
+
+/// An event the stream refuses (here: full) goes on the wire once and its
+/// publisher is told: only an event that another publisher is storing at
+/// that moment is asked about again.
+#[tokio::test]
+async fn an_event_the_full_stream_refuses_is_sent_once_and_reported() {
+    use futures::{FutureExt, StreamExt};
+    use messaging_core::PublishError;
+    let app = spawn_broker().await;
+    let client = app.bus().client().clone();
+    let limits = messaging_core::Limits {
+        events_max_bytes: 4_096,
+        ..messaging_core::Limits::default()
+    };
+    messaging_core::ensure_stream(&client, &limits)
+        .await
+        .unwrap();
+    let bus = messaging_core::Bus::new(client.clone());
+    let filler = Filler {
+        pad: "x".repeat(500),
+    };
+    let mut stored = 0;
+    loop {
+        match bus.publish(&filler, Uuid::new_v4()).await {
+            Ok(_) => stored += 1,
+            Err(PublishError::Stream { .. }) => break,
+            Err(other) => panic!("{other}"),
+        }
+        assert!(stored < 100, "a 4 KiB stream took {stored} events");
+    }
+
+    let mut wire = client.subscribe(Filler::SUBJECT).await.unwrap();
+    client.flush().await.unwrap();
+    let refused = bus.publish(&filler, Uuid::new_v4()).await;
+    assert!(
+        matches!(refused, Err(PublishError::Stream { .. })),
+        "{refused:?}"
+    );
+    // What the server sent this connection before answering the flush has
+    // arrived by the time the flush returns.
+    client.flush().await.unwrap();
+    let mut sent = 0;
+    while let Some(Some(_)) = wire.next().now_or_never() {
+        sent += 1;
+    }
+    assert_eq!(sent, 1, "the refused event went out {sent} times");
+    app.shutdown().await;
+}
