@@ -467,9 +467,22 @@ impl Event for Filler {
     const SUBJECT: &'static str = "events.filler.added";
 }
 
+/// Publishes `Filler`, nothing else.
+const FILLING: Declaration = Declaration {
+    name: "filling",
+    description: "fills the event stream",
+    serves: &[],
+    requests: &[],
+    publishes: &[Filler::SUBJECT],
+    schedules: &[],
+    buckets: &[],
+    listens: &[],
+};
+
 /// An event the stream refuses (here: full) goes on the wire once and its
 /// publisher is told: only an event that another publisher is storing at
-/// that moment is asked about again.
+/// that moment is asked about again, and only a stream found deleted is
+/// set up again (by a module's bus) before one more try.
 #[tokio::test]
 async fn an_event_the_full_stream_refuses_is_sent_once_and_reported() {
     use futures::{FutureExt, StreamExt};
@@ -483,7 +496,7 @@ async fn an_event_the_full_stream_refuses_is_sent_once_and_reported() {
     messaging_core::ensure_stream(&client, &limits)
         .await
         .unwrap();
-    let bus = messaging_core::Bus::new(client.clone());
+    let bus = messaging_core::Bus::new(client.clone()).bound_to(&FILLING, limits);
     let filler = Filler {
         pad: "x".repeat(500),
     };
@@ -512,5 +525,33 @@ async fn an_event_the_full_stream_refuses_is_sent_once_and_reported() {
         sent += 1;
     }
     assert_eq!(sent, 1, "the refused event went out {sent} times");
+    app.shutdown().await;
+}
+
+/// A module's bus that finds the event stream deleted (an operator, a lost
+/// store) sets it up again and stores the event: no 503 until a restart.
+#[tokio::test]
+async fn a_module_bus_sets_up_a_deleted_event_stream_again_and_stores_the_event() {
+    let app = spawn_broker().await;
+    let client = app.bus().client().clone();
+    let limits = messaging_core::Limits::default();
+    messaging_core::ensure_stream(&client, &limits)
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    js.delete_stream(messaging_core::EVENTS_STREAM)
+        .await
+        .unwrap();
+
+    let bus = messaging_core::Bus::new(client.clone()).bound_to(&FILLING, limits);
+    let filler = Filler { pad: "x".into() };
+    let meta = EventMeta {
+        event_id: Uuid::new_v4(),
+        correlation_id: Uuid::new_v4(),
+    };
+    let published = bus.publish_as(&filler, meta).await.unwrap();
+    assert_eq!(published.sequence, 1, "the first event of a new stream");
+    let mut stream = js.get_stream(messaging_core::EVENTS_STREAM).await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 1);
     app.shutdown().await;
 }
