@@ -555,3 +555,22 @@ async fn a_module_bus_sets_up_a_deleted_event_stream_again_and_stores_the_event(
     assert_eq!(stream.info().await.unwrap().state.messages, 1);
     app.shutdown().await;
 }
+
+/// A watcher sees the events stored from its start on, not the history
+/// before it.
+#[tokio::test]
+async fn a_watch_sees_the_events_stored_after_it_starts_not_before() {
+    let app = spawn_broker().await;
+    let client = app.bus().client().clone();
+    messaging_core::ensure_stream(&client, &messaging_core::Limits::default())
+        .await
+        .unwrap();
+    let bus = messaging_core::Bus::new(client);
+    let event = |pad: &str| Filler { pad: pad.into() };
+    bus.publish(&event("before"), Uuid::new_v4()).await.unwrap();
+    let mut watch = bus.watch::<Filler>().await.unwrap();
+    bus.publish(&event("after"), Uuid::new_v4()).await.unwrap();
+    let first = watch.next_within(WAIT).await.unwrap();
+    assert_eq!(first.event.pad, "after");
+    app.shutdown().await;
+}
