@@ -219,8 +219,7 @@ pub async fn payment_due(
     // may be missing (its placement scheduled it, then the broker froze and
     // fired it before the order's marker was written).
     if let Some(age) = earliest_waiting {
-        let placed = now_millis().saturating_sub(age.as_millis() as u64);
-        schedule_payment_sweep(&orders, &ctx, orders.slot_end(placed), false).await?;
+        schedule_payment_sweep(&orders, &ctx, orders.slot_of_age(age), false).await?;
     }
     // A second and last look at this slot, a timeout later: an order stored
     // late (its writes held up in a frozen broker, which fires this sweep
@@ -308,12 +307,6 @@ async fn schedule_payment_sweep(
     };
     let fact = format!("orders/payment_due/{placed_by}/{looks}");
     ctx.schedule_fact(&sweep, &fact, after).await.map(drop)
-}
-
-fn now_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// `events.product.stock.updated`: a committed reservation fulfils a paid order.

@@ -111,6 +111,12 @@ impl Orders {
         self.slot_end(now_millis())
     }
 
+    /// The end of the slot of time an order marked open `age` ago was
+    /// placed in.
+    pub fn slot_of_age(&self, age: std::time::Duration) -> u64 {
+        self.slot_end(now_millis().saturating_sub(age.as_millis() as u64))
+    }
+
     /// Whether this process already got the sweep of slot `end` scheduled.
     pub fn slot_swept(&self, end: u64) -> bool {
         self.swept_slot.load(std::sync::atomic::Ordering::SeqCst) == end
@@ -133,21 +139,10 @@ impl Orders {
         }
     }
 
-    /// Stores a new order; if its id exists (a retried request), returns the
-    /// stored one.
-    pub async fn insert(
-        &self,
-        order: Order,
-        correlation_id: uuid::Uuid,
-    ) -> Result<OrderRecord, StoreError> {
-        // The marker first: an order stored is always findable at restart.
-        self.mark_open(order.id).await?;
-        self.store_new(order, correlation_id).await
-    }
-
-    /// The first step of [`Orders::insert`]: the order's marker in the
-    /// open-order index (harmless if the order is then never stored: the
-    /// next recovery sweep drops it).
+    /// The order's marker in the open-order index, written before the order
+    /// is stored (so an order stored is always findable at restart), and
+    /// harmless if the order is then never stored: a sweep drops it once
+    /// it is old.
     pub async fn mark_open(&self, id: OrderId) -> Result<(), StoreError> {
         self.open
             .put(&id.to_string(), &now_millis())
@@ -155,7 +150,8 @@ impl Orders {
             .map(drop)
     }
 
-    /// The second step of [`Orders::insert`], once the order is marked open.
+    /// Stores a new order, once it is marked open; if its id exists (a
+    /// retried request), returns the stored one.
     pub async fn store_new(
         &self,
         order: Order,
@@ -259,6 +255,16 @@ mod tests {
     use contract::product::ProductId;
     use contract::values::Quantity;
 
+    /// An order stored as placement does it: marked open, then stored.
+    async fn insert(
+        orders: &Orders,
+        order: Order,
+        correlation_id: uuid::Uuid,
+    ) -> Result<OrderRecord, StoreError> {
+        orders.mark_open(order.id).await?;
+        orders.store_new(order, correlation_id).await
+    }
+
     fn status(
         t: Result<Transition, TransitionError>,
     ) -> Result<(&'static str, OrderStatus), String> {
@@ -284,8 +290,7 @@ mod tests {
             quantity: Quantity::new(1).unwrap(),
             status: Pending,
         };
-        orders
-            .insert(order.clone(), uuid::Uuid::new_v4())
+        insert(&orders, order.clone(), uuid::Uuid::new_v4())
             .await
             .unwrap();
         let id = order.id;
@@ -352,8 +357,7 @@ mod tests {
         let orders = Orders::in_memory();
         let before = wall_clock_ms();
         let order = pending();
-        let stored = orders
-            .insert(order.clone(), uuid::Uuid::new_v4())
+        let stored = insert(&orders, order.clone(), uuid::Uuid::new_v4())
             .await
             .unwrap();
         let after = wall_clock_ms();
@@ -367,7 +371,7 @@ mod tests {
         assert_eq!(open_ids(&orders).await, [order.id]);
 
         // A retried insert keeps the first order (and its marker).
-        let again = orders.insert(order.clone(), uuid::Uuid::new_v4()).await;
+        let again = insert(&orders, order.clone(), uuid::Uuid::new_v4()).await;
         assert_eq!(again.unwrap(), stored);
         assert_eq!(open_ids(&orders).await, [order.id]);
 
@@ -427,6 +431,14 @@ mod tests {
         assert!(
             now >= before && now <= wall_clock_ms() + 1_000,
             "{before} {now}"
+        );
+        // Marked open a minute ago: the slot a minute back.
+        let before = wall_clock_ms() - 60_000;
+        let placed = orders.slot_of_age(std::time::Duration::from_secs(60));
+        let after = wall_clock_ms() - 60_000;
+        assert!(
+            (orders.slot_end(before)..=orders.slot_end(after)).contains(&placed),
+            "{before} {placed} {after}"
         );
     }
 
